@@ -1,0 +1,430 @@
+"""The Typer app: parse flags, set up logging, call the engine, render, map errors to exit codes.
+
+``_execute`` is the one place where exceptions become exit codes (see ``errors.py``) and, with
+``-o json``, the JSON error envelope. Machine output goes to stdout, logs to stderr.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+from collections.abc import Callable
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+
+from canaryctl import __version__
+from canaryctl.errors import EXIT_INFRA, EXIT_INVALID, CanaryctlError, UsageError
+
+app = typer.Typer(
+    name="canaryctl",
+    help="Progressive canary releases for Istio, judged on Prometheus data. No CRDs.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+policy_app = typer.Typer(
+    help="Validate analysis policies and print their JSON Schema.", no_args_is_help=True
+)
+app.add_typer(policy_app, name="policy")
+
+
+class Output(StrEnum):
+    text = "text"
+    json = "json"
+
+
+class Level(StrEnum):
+    debug = "debug"
+    info = "info"
+    warning = "warning"
+    error = "error"
+
+
+AppArg = Annotated[
+    str, typer.Argument(help="The app: the Service/host the VirtualService routes to")
+]
+NamespaceOpt = Annotated[str, typer.Option("--namespace", "-n", help="Namespace of the app")]
+OutputOpt = Annotated[Output, typer.Option("--output", "-o", help="text or json (stdout)")]
+KubeconfigOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--kubeconfig",
+        envvar="KUBECONFIG",
+        show_envvar=True,
+        help="Path to a kubeconfig; in a pod the in-cluster config is used",
+    ),
+]
+ContextOpt = Annotated[str | None, typer.Option("--context", help="kubeconfig context")]
+VsOpt = Annotated[
+    str | None, typer.Option("--virtual-service", help="Use this VirtualService (else found)")
+]
+PromOpt = Annotated[
+    str | None, typer.Option("--prometheus-url", help="Overrides spec.prometheus.url")
+]
+LogOpt = Annotated[Level, typer.Option("--log-level", help="Log level (logs go to stderr)")]
+
+
+def _emit(data: dict[str, Any], output: Output, text: str) -> None:
+    if output == Output.json:
+        sys.stdout.write(json.dumps(data, sort_keys=True, default=str) + "\n")
+    else:
+        sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+def _execute(output: Output, level: Level, fn: Callable[[], int]) -> NoReturn:
+    """Run a command body; map every error to its exit code in one place."""
+    from canaryctl import logs
+
+    logs.setup(level.value)
+    try:
+        code = fn()
+    except CanaryctlError as exc:
+        state = getattr(exc, "state", None)
+        if output == Output.json:
+            envelope: dict[str, Any] = {
+                "result": "error",
+                "error": exc.message,
+                "exitCode": exc.exit_code,
+            }
+            if state is not None:
+                envelope.update(
+                    phase=state.phase, weight=state.weight, reason=state.reason, steps=state.history
+                )
+            sys.stdout.write(json.dumps(envelope, sort_keys=True, default=str) + "\n")
+        sys.stderr.write(f"error: {exc.message}\n")
+        raise typer.Exit(exc.exit_code) from None
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted\n")
+        raise typer.Exit(130) from None
+    raise typer.Exit(code)
+
+
+def _controller(
+    kubeconfig: str | None,
+    context: str | None,
+    prometheus_url: str | None,
+    progress: Callable[..., None] | None = None,
+) -> Any:
+    from canaryctl.controller import Controller
+    from canaryctl.kube import KubeClient
+    from canaryctl.mesh._base import get_router
+    from canaryctl.metrics._base import get_provider
+
+    kube = KubeClient.connect(kubeconfig=kubeconfig, context=context)
+    stop = {"flag": False}
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        stop["flag"] = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+
+    def provider_for(spec: Any) -> Any:
+        if prometheus_url:
+            spec = spec.model_copy(update={"url": prometheus_url.rstrip("/")})
+        return get_provider(spec)
+
+    return Controller(
+        kube=kube,
+        router=get_router("istio", kube),
+        provider_for=provider_for,
+        prometheus_url=prometheus_url,
+        progress=progress,
+        should_stop=lambda: stop["flag"],
+    )
+
+
+@app.command()
+def promote(
+    app_name: AppArg,
+    namespace: NamespaceOpt = "default",
+    policy: Annotated[Path | None, typer.Option("--policy", help="AnalysisPolicy YAML")] = None,
+    canary: Annotated[
+        str | None, typer.Option("--canary", help="Roll out this subset (or host) as the canary")
+    ] = None,
+    virtual_service: VsOpt = None,
+    prometheus_url: PromOpt = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the plan; write nothing")
+    ] = False,
+    no_wait: Annotated[
+        bool, typer.Option("--no-wait", help="Start (first step) and exit; reconcile/run go on")
+    ] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Promote a rollout in progress now (needs --yes)")
+    ] = False,
+    yes: Annotated[bool, typer.Option("--yes", help="Confirm --force")] = False,
+    output: OutputOpt = Output.text,
+    kubeconfig: KubeconfigOpt = None,
+    context: ContextOpt = None,
+    log_level: LogOpt = Level.info,
+) -> None:
+    """Shift traffic to the canary step by step; promote or roll back on the analysis."""
+
+    def body() -> int:
+        from canaryctl import operations
+        from canaryctl.policy import load_policy
+        from canaryctl.render import Progress, result_text
+
+        if force and not yes:
+            raise UsageError("--force skips the remaining analysis; confirm with --yes")
+        pol = load_policy(policy).with_prometheus_url(prometheus_url)
+        progress = Progress() if output == Output.text else None
+        ctl = _controller(kubeconfig, context, prometheus_url, progress)
+        try:
+            res = operations.promote(
+                ctl,
+                app=app_name,
+                namespace=namespace,
+                policy=pol,
+                vs_name=virtual_service,
+                canary=canary,
+                dry_run=dry_run,
+                wait=not no_wait,
+                force=force,
+            )
+        finally:
+            if progress is not None:
+                progress.done()
+        data = res.to_dict()
+        _emit(data, output, result_text(data))
+        return res.exit_code
+
+    _execute(output, log_level, body)
+
+
+def _simple_verb(verb: str) -> Callable[..., None]:
+    def command(
+        app_name: AppArg,
+        namespace: NamespaceOpt = "default",
+        virtual_service: VsOpt = None,
+        output: OutputOpt = Output.text,
+        kubeconfig: KubeconfigOpt = None,
+        context: ContextOpt = None,
+        log_level: LogOpt = Level.info,
+    ) -> None:
+        def body() -> int:
+            from canaryctl import operations
+            from canaryctl.render import result_text
+
+            ctl = _controller(kubeconfig, context, None)
+            fn = getattr(operations, verb)
+            res = fn(ctl, app=app_name, namespace=namespace, vs_name=virtual_service)
+            data = res.to_dict()
+            _emit(data, output, result_text(data))
+            return int(res.exit_code)
+
+        _execute(output, log_level, body)
+
+    return command
+
+
+app.command(
+    "rollback", help="Put all traffic back on stable now (records it on a rollout in progress)."
+)(_simple_verb("rollback"))
+app.command("pause", help="Hold a rollout at its current weight; reconcile skips it.")(
+    _simple_verb("pause")
+)
+app.command("resume", help="Resume a paused rollout (the current step is re-measured).")(
+    _simple_verb("resume")
+)
+app.command("status", help="Show a rollout's state and its analysis history.")(
+    _simple_verb("status")
+)
+
+
+@app.command("list")
+def list_cmd(
+    namespace: NamespaceOpt = "default",
+    all_namespaces: Annotated[bool, typer.Option("--all-namespaces", "-A")] = False,
+    output: OutputOpt = Output.text,
+    kubeconfig: KubeconfigOpt = None,
+    context: ContextOpt = None,
+    log_level: LogOpt = Level.info,
+) -> None:
+    """List rollouts recorded on VirtualServices."""
+
+    def body() -> int:
+        from canaryctl import operations
+        from canaryctl.render import list_text
+
+        ctl = _controller(kubeconfig, context, None)
+        states = operations.list_rollouts(ctl, namespace=None if all_namespaces else namespace)
+        data = {
+            "result": "ok",
+            "rollouts": [operations.from_state(s, s.app).to_dict() for s in states],
+        }
+        _emit(data, output, list_text(states))
+        return 0
+
+    _execute(output, log_level, body)
+
+
+@app.command("reconcile")
+def reconcile_cmd(
+    namespace: NamespaceOpt = "default",
+    all_namespaces: Annotated[bool, typer.Option("--all-namespaces", "-A")] = False,
+    prometheus_url: PromOpt = None,
+    output: OutputOpt = Output.text,
+    kubeconfig: KubeconfigOpt = None,
+    context: ContextOpt = None,
+    log_level: LogOpt = Level.info,
+) -> None:
+    """One pass (CronJob mode): advance every due rollout by at most one step, then exit."""
+
+    def body() -> int:
+        from canaryctl.reconcile import reconcile
+
+        ctl = _controller(kubeconfig, context, prometheus_url)
+        report = reconcile(ctl, namespace=None if all_namespaces else namespace)
+        lines = [
+            f"{o.namespace}/{o.virtual_service}: {o.action}"
+            + (f" ({o.phase} {o.weight}%)" if o.phase else "")
+            + (f": {o.detail}" if o.detail else "")
+            for o in report.outcomes
+        ] or ["no rollouts in progress"]
+        _emit(report.to_dict(), output, "\n".join(lines))
+        return report.exit_code
+
+    _execute(output, log_level, body)
+
+
+@app.command("run")
+def run_cmd(
+    namespace: NamespaceOpt = "default",
+    all_namespaces: Annotated[bool, typer.Option("--all-namespaces", "-A")] = False,
+    interval: Annotated[str, typer.Option("--interval", help="Time between passes")] = "10s",
+    port: Annotated[int, typer.Option("--port", help="/healthz, /readyz, /metrics")] = 8080,
+    lease_namespace: Annotated[
+        str | None,
+        typer.Option(
+            "--lease-namespace",
+            envvar="POD_NAMESPACE",
+            help="Namespace of the leader-election Lease (default: -n)",
+        ),
+    ] = None,
+    prometheus_url: PromOpt = None,
+    kubeconfig: KubeconfigOpt = None,
+    context: ContextOpt = None,
+    log_level: LogOpt = Level.info,
+) -> None:
+    """Daemon mode: reconcile in a loop with leader election, health checks and metrics."""
+
+    def body() -> int:
+        import threading
+
+        from canaryctl.daemon import Daemon
+        from canaryctl.policy import parse_duration
+
+        try:
+            every = parse_duration(interval)
+        except ValueError as exc:
+            raise UsageError(f"--interval: {exc}") from None
+        if every <= 0:
+            raise UsageError(f"--interval: must be positive, got {interval!r}")
+        ctl = _controller(kubeconfig, context, prometheus_url)
+        stop = threading.Event()
+
+        def on_signal(signum: int, _frame: Any) -> None:
+            stop.set()
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+        ctl.should_stop = stop.is_set
+        try:
+            daemon = Daemon(
+                ctl,
+                namespace=None if all_namespaces else namespace,
+                interval=every,
+                lease_namespace=lease_namespace or namespace,
+                port=port,
+                stop=stop,
+            )
+        except OSError as exc:
+            raise UsageError(f"--port: cannot listen on {port}: {exc}") from None
+        return daemon.serve()
+
+    _execute(Output.text, log_level, body)
+
+
+@policy_app.command("validate")
+def policy_validate(
+    file: Annotated[Path, typer.Argument(help="AnalysisPolicy YAML file")],
+    output: OutputOpt = Output.text,
+) -> None:
+    """Validate a policy file; print the effective policy (steps expanded)."""
+
+    def body() -> int:
+        from canaryctl.policy import load_policy
+
+        pol = load_policy(file)
+        snap = pol.snapshot()
+        _emit(
+            {"result": "valid", "policy": snap},
+            output,
+            f"{file}: valid (steps {snap['spec']['steps']}, interval {snap['spec']['interval']},"
+            f" judge {snap['spec']['judge']}, {len(snap['spec']['metrics'])} metrics)",
+        )
+        return 0
+
+    _execute(output, Level.warning, body)
+
+
+@policy_app.command("schema")
+def policy_schema() -> None:
+    """Print the AnalysisPolicy JSON Schema (for editors' YAML language servers)."""
+    from canaryctl.policy import json_schema
+
+    sys.stdout.write(json.dumps(json_schema(), indent=2) + "\n")
+
+
+@app.command()
+def demo(
+    scenario: Annotated[
+        str, typer.Option("--scenario", help="healthy | errors | latency")
+    ] = "healthy",
+    output: OutputOpt = Output.text,
+    log_level: LogOpt = Level.info,
+) -> None:
+    """Run a whole canary on this machine: API emulator + traffic simulator + real Prometheus."""
+
+    def body() -> int:
+        from canaryctl.demo import run_demo
+
+        return run_demo(scenario=scenario, output=output.value)
+
+    _execute(output, log_level, body)
+
+
+def version_callback(value: bool) -> None:
+    if value:
+        sys.stdout.write(f"canaryctl {__version__}\n")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=version_callback, is_eager=True)
+    ] = False,
+) -> None:
+    """Exit codes: 0 promoted/succeeded, 1 rolled back by analysis, 2 invalid input (nothing
+    changed), 3 infrastructure failure (traffic left on stable)."""
+
+
+def main() -> None:
+    try:
+        app()
+    except SystemExit as exc:
+        code = exc.code
+        if code not in (None, 0) and not isinstance(code, int):
+            sys.stderr.write(f"error: {code}\n")
+            sys.exit(EXIT_INVALID)
+        raise
+    except Exception as exc:  # a bug: say so, keep the contract (infrastructure-class exit)
+        sys.stderr.write(f"internal error: {type(exc).__name__}: {exc}\n")
+        sys.exit(EXIT_INFRA)

@@ -1,0 +1,327 @@
+"""Drives one rollout: read state, ask the mesh and the metrics, decide (``rollout.py``), act.
+
+All writes go through ``Controller.commit``: one JSON patch carrying the weights and the state
+annotation, guarded by the resourceVersion just read. On 409 it re-reads; if the stored
+rollout state is still the one this decision was made from (someone edited another field),
+the patch is recomputed against the new object and retried, so their edit is kept; if the
+rollout state itself changed (another process or an operator acted), ``StateChangedError``
+hands the newer state back and this process adopts it instead of overwriting it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from canaryctl import rollout
+from canaryctl.analysis import StepAnalysis, combine, judge_metric
+from canaryctl.errors import (
+    ClusterUnavailableError,
+    ConflictError,
+    InfraError,
+    MetricsUnavailableError,
+    RolloutStateError,
+)
+from canaryctl.kube import KubeClient
+from canaryctl.leases import Lease, identity, lease_name
+from canaryctl.mesh._base import TrafficRouter
+from canaryctl.mesh.routes import Destination, Target, find_target
+from canaryctl.metrics._base import MetricsProvider, QueryContext
+from canaryctl.policy import AnalysisPolicy, PrometheusSpec, parse_policy
+from canaryctl.rollout import ANNOTATION, POLICY_ANNOTATION, PROMOTE_ANNOTATION, RolloutState
+
+log = structlog.get_logger("canaryctl.controller")
+ProgressFn = Callable[[RolloutState, float], None]
+
+
+class StateChangedError(Exception):
+    """The stored rollout state changed under us; carries the newer state."""
+
+    def __init__(self, state: RolloutState | None, vs: dict[str, Any]):
+        super().__init__("rollout state changed by another actor")
+        self.state = state
+        self.vs = vs
+
+
+class RolloutInfraError(InfraError):
+    """Infrastructure failure during a rollout; carries the state left behind (for -o json)."""
+
+    def __init__(self, message: str, state: RolloutState | None):
+        super().__init__(message)
+        self.state = state
+
+
+class Interrupted(Exception):
+    """A stop was requested (SIGINT/SIGTERM) while waiting; the rollout stays in the cluster."""
+
+
+def read_state(vs: dict[str, Any]) -> RolloutState | None:
+    text = ((vs.get("metadata") or {}).get("annotations") or {}).get(ANNOTATION)
+    if not text:
+        return None
+    try:
+        return RolloutState.from_json(text)
+    except (ValueError, TypeError, KeyError) as exc:
+        name = vs.get("metadata", {}).get("name")
+        raise RolloutStateError(
+            f"VirtualService {name}: annotation {ANNOTATION} is not valid rollout state ({exc}); "
+            "remove it or run `canaryctl rollback`"
+        ) from None
+
+
+def destinations(state: RolloutState) -> tuple[Destination, Destination]:
+    return (
+        Destination(host=str(state.stable["host"]), subset=state.stable.get("subset")),
+        Destination(host=str(state.canary["host"]), subset=state.canary.get("subset")),
+    )
+
+
+@dataclass
+class Controller:
+    kube: KubeClient
+    router: TrafficRouter
+    provider_for: Callable[[PrometheusSpec], MetricsProvider]
+    prometheus_url: str | None = None  # --prometheus-url: overrides the stored snapshot too
+    clock: Callable[[], float] = time.time
+    sleep: Callable[[float], None] = time.sleep
+    holder: str = field(default_factory=identity)
+    progress: ProgressFn | None = None
+    should_stop: Callable[[], bool] = lambda: False
+    lease_duration: int = 15
+
+    # --- reading ----------------------------------------------------------------------------
+    def policy_of(self, state: RolloutState) -> AnalysisPolicy:
+        return parse_policy(state.policy, source="stored policy").with_prometheus_url(
+            self.prometheus_url
+        )
+
+    def lease_for(self, state: RolloutState) -> Lease:
+        return Lease(
+            self.kube,
+            namespace=state.namespace,
+            name=lease_name(state.virtual_service),
+            holder=self.holder,
+            duration=self.lease_duration,
+        )
+
+    def event(
+        self, vs: dict[str, Any], reason: str, message: str, *, warning: bool = False
+    ) -> None:
+        ns = vs.get("metadata", {}).get("namespace", "")
+        self.kube.create_event(
+            namespace=ns, involved=vs, reason=reason, message=message, warning=warning
+        )
+
+    # --- writing ----------------------------------------------------------------------------
+    def commit(
+        self,
+        state: RolloutState,
+        *,
+        expect: RolloutState | None,
+        canary_override: str | None = None,
+        attempts: int = 20,
+    ) -> dict[str, Any]:
+        """Write weights + state in one guarded patch (see module docstring)."""
+        for attempt in range(attempts):
+            vs = self.router.read(state.namespace, state.virtual_service)
+            stored = read_state(vs)
+            if expect is None:
+                if stored is not None and stored.active:
+                    raise StateChangedError(stored, vs)
+            elif stored is None or (stored.updated_at, stored.phase) != (
+                expect.updated_at,
+                expect.phase,
+            ):
+                raise StateChangedError(stored, vs)
+            target = self._target(state, vs, canary_override)
+            annotations: dict[str, str | None] = {
+                ANNOTATION: state.to_json(),
+                PROMOTE_ANNOTATION: None,
+                POLICY_ANNOTATION: None,
+            }
+            try:
+                return self.router.write(
+                    target, vs, canary_weight=state.weight, annotations=annotations
+                )
+            except ConflictError:
+                log.info("write.conflict", attempt=attempt + 1, vs=state.virtual_service)
+                self.sleep(min(0.05 * 2**attempt, 1.0))
+        raise ClusterUnavailableError(
+            f"VirtualService {state.namespace}/{state.virtual_service} kept changing "
+            f"({attempts} conflicting writes)"
+        )
+
+    def _target(self, state: RolloutState, vs: dict[str, Any], canary: str | None) -> Target:
+        if canary is not None:
+            return find_target(
+                [vs],
+                app=state.app,
+                namespace=state.namespace,
+                vs_name=state.virtual_service,
+                canary=canary,
+            )
+        return find_target(
+            [vs],
+            app=state.app,
+            namespace=state.namespace,
+            vs_name=state.virtual_service,
+            known=destinations(state),
+        )
+
+    # --- one analysis -----------------------------------------------------------------------
+    def analyse(self, state: RolloutState, now: float) -> StepAnalysis:
+        policy = self.policy_of(state)
+        spec = policy.spec
+        provider = self.provider_for(spec.prometheus)
+        window = max(1.0, round(now - state.step_started_at))
+        results = []
+        for metric in spec.metrics:
+            ctx = QueryContext(
+                namespace=state.namespace,
+                app=state.app,
+                canary_workload=state.canary_workload,
+                stable_workload=state.stable_workload,
+                window_seconds=spec.window_seconds(metric) if metric.window else window,
+                at=now,
+            )
+            m = provider.measure(metric, ctx)
+            r = judge_metric(metric, m, min_requests=spec.minRequests)
+            log.info(
+                "analysis",
+                metric=r.name,
+                value=r.value,
+                stable=r.stable,
+                threshold=r.threshold,
+                requests=r.requests,
+                verdict=r.verdict,
+            )
+            results.append(r)
+        if spec.judge == "sequential":
+            from canaryctl.judges import sequential_results
+
+            extra, reject = sequential_results(provider, state, policy, now)
+            return combine([*results, *extra], sequential_reject=reject)
+        return combine(results)
+
+    def step(self, state: RolloutState) -> RolloutState:
+        """Analyse the current step once and apply the decision (one guarded write)."""
+        now = self.clock()
+        _stable, _canary = destinations(state)
+        vs = self.router.read(state.namespace, state.virtual_service)
+        target = self._target(state, vs, None)
+        ok, why = self.router.canary_available(target, state.canary_workload)
+        if not ok:
+            new = rollout.rollback(state, reason=f"canary unavailable: {why}", now=now)
+            return self.finish(new, expect=state, event=("RolledBack", True))
+        try:
+            analysis = self.analyse(state, now)
+        except MetricsUnavailableError as exc:
+            new = rollout.fail(state, reason=f"metrics unavailable: {exc}", now=now)
+            try:
+                self.finish(new, expect=state, event=("RolloutFailed", True))
+            except StateChangedError:
+                raise
+            except InfraError as exc2:
+                raise RolloutInfraError(f"{exc}; could not restore stable: {exc2}", state) from exc
+            raise RolloutInfraError(f"{exc}; traffic is back on stable", new) from exc
+        decision = rollout.decide(state, analysis, now=now)
+        vs = self.commit(decision.state, expect=state)
+        reason = {
+            "advance": "StepAdvanced",
+            "hold": "AnalysisHeld",
+            "promote": "Promoted",
+            "rollback": "RolledBack",
+        }[decision.action]
+        warn = decision.action == "rollback" or analysis.verdict != "pass"
+        self.event(vs, reason, f"{decision.reason} (canary {decision.state.weight}%)", warning=warn)
+        log.info(
+            "decision",
+            action=decision.action,
+            weight=decision.state.weight,
+            verdict=analysis.verdict,
+            reason=decision.reason,
+        )
+        return decision.state
+
+    def finish(
+        self, state: RolloutState, *, expect: RolloutState | None, event: tuple[str, bool]
+    ) -> RolloutState:
+        vs = self.commit(state, expect=expect)
+        self.event(vs, event[0], f"{state.reason} (canary {state.weight}%)", warning=event[1])
+        log.info("finished", phase=state.phase, reason=state.reason, weight=state.weight)
+        return state
+
+    # --- the loop ---------------------------------------------------------------------------
+    def refresh(self, state: RolloutState) -> RolloutState:
+        vs = self.router.read(state.namespace, state.virtual_service)
+        stored = read_state(vs)
+        if stored is None:
+            raise RolloutStateError(
+                f"rollout state vanished from VirtualService {state.virtual_service}"
+            )
+        return stored
+
+    def wait_until_due(self, state: RolloutState, lease: Lease | None) -> RolloutState:
+        """Sleep until the step's window is complete, renewing the lease and noticing what
+        other actors (pause, rollback, force) wrote meanwhile."""
+        poll = min(5.0, max(0.5, state.interval / 4))
+        last_read = self.clock()
+        while True:
+            now = self.clock()
+            if self.should_stop():
+                raise Interrupted()
+            if lease is not None:
+                lease.renew(now)
+            if now - last_read >= poll:
+                last_read = now
+                latest = self.refresh(state)
+                if (latest.updated_at, latest.phase) != (state.updated_at, state.phase):
+                    log.info("state.changed", phase=latest.phase, reason=latest.reason)
+                    state = latest
+                if not state.active:
+                    return state
+            if state.phase == "Progressing" and now >= state.due_at():
+                return state
+            left = state.due_at() - now if state.phase == "Progressing" else poll
+            if self.progress is not None:
+                self.progress(state, left)
+            self.sleep(max(0.05, min(poll, left, 0.5)))
+
+    def drive(self, state: RolloutState, lease: Lease | None) -> RolloutState:
+        """Run the rollout to a terminal phase (or until interrupted)."""
+        while state.active:
+            state = self.wait_until_due(state, lease)
+            if state.phase != "Progressing":
+                continue
+            try:
+                state = self.step(state)
+            except StateChangedError as exc:
+                if exc.state is None:
+                    raise RolloutStateError("rollout state removed by another actor") from None
+                log.info("state.adopted", phase=exc.state.phase, reason=exc.state.reason)
+                state = exc.state
+            if self.progress is not None:
+                self.progress(state, 0.0)
+        return state
+
+    def follow(self, state: RolloutState) -> RolloutState:
+        """Attach read-only to a rollout another process drives, until it ends or we may take
+        over (its lease expired)."""
+        lease = self.lease_for(state)
+        while state.active:
+            if lease.acquire(self.clock()):
+                try:
+                    return self.drive(self.refresh(state), lease)
+                finally:
+                    lease.release()
+            if self.should_stop():
+                raise Interrupted()
+            if self.progress is not None:
+                self.progress(state, max(0.0, state.due_at() - self.clock()))
+            self.sleep(1.0)
+            state = self.refresh(state)
+        return state

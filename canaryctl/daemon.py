@@ -1,0 +1,216 @@
+"""Daemon mode (``canaryctl run``): the reconcile pass in a loop, with leader election,
+health endpoints and Prometheus metrics.
+
+Only the leader (holder of the ``canaryctl-leader`` Lease) reconciles; other replicas stand by
+and take over when its lease expires. SIGTERM stops the loop between two writes (each write is
+one atomic patch, so there is nothing half-done to undo), releases the leases and exits 0.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import structlog
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from canaryctl import operations
+from canaryctl.controller import Controller
+from canaryctl.errors import CanaryctlError
+from canaryctl.leases import Lease
+from canaryctl.reconcile import reconcile
+from canaryctl.rollout import ACTIVE_PHASES, TERMINAL_PHASES, RolloutState
+
+log = structlog.get_logger("canaryctl.daemon")
+PHASES = (*ACTIVE_PHASES, *TERMINAL_PHASES)
+
+
+class DaemonMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        labels = ["namespace", "app", "virtual_service"]
+        self.weight = Gauge(
+            "canaryctl_rollout_canary_weight",
+            "Canary weight in percent",
+            labels,
+            registry=self.registry,
+        )
+        self.phase = Gauge(
+            "canaryctl_rollout_phase",
+            "1 for the rollout's current phase",
+            [*labels, "phase"],
+            registry=self.registry,
+        )
+        self.value = Gauge(
+            "canaryctl_rollout_metric_value",
+            "Last analysed canary value of each metric",
+            [*labels, "metric"],
+            registry=self.registry,
+        )
+        self.threshold = Gauge(
+            "canaryctl_rollout_metric_threshold",
+            "Threshold of each metric (bound: min or max)",
+            [*labels, "metric", "bound"],
+            registry=self.registry,
+        )
+        self.finished = Counter(
+            "canaryctl_rollouts_finished_total",
+            "Rollouts that ended, by outcome and reason",
+            ["outcome", "reason"],
+            registry=self.registry,
+        )
+        self.duration = Histogram(
+            "canaryctl_reconcile_duration_seconds",
+            "Duration of one reconcile pass",
+            registry=self.registry,
+        )
+        self.leader = Gauge(
+            "canaryctl_leader", "1 when this replica is the leader", registry=self.registry
+        )
+        self.errors = Counter(
+            "canaryctl_reconcile_errors_total", "Failed reconcile passes", registry=self.registry
+        )
+
+    def observe(self, states: list[RolloutState]) -> None:
+        for s in states:
+            key = (s.namespace, s.app, s.virtual_service)
+            self.weight.labels(*key).set(s.weight)
+            for phase in PHASES:
+                self.phase.labels(*key, phase).set(1 if s.phase == phase else 0)
+            for m in s.policy["spec"]["metrics"]:
+                for bound in ("min", "max"):
+                    if m.get(bound) is not None:
+                        self.threshold.labels(*key, m["name"], bound).set(float(m[bound]))
+            if s.history:
+                for r in s.history[-1].get("metrics", []):
+                    if r.get("value") is not None:
+                        self.value.labels(*key, r["name"]).set(float(r["value"]))
+
+
+def _reason_class(reason: str) -> str:
+    """A low-cardinality reason label."""
+    for key in (
+        "sequential",
+        "inconclusive",
+        "analysis failed",
+        "unavailable",
+        "operator",
+        "force",
+    ):
+        if key in reason:
+            return key.replace(" ", "_")
+    return "analysis_passed" if "passed" in reason else "other"
+
+
+class Daemon:
+    def __init__(
+        self,
+        ctl: Controller,
+        *,
+        namespace: str | None,
+        interval: float,
+        lease_namespace: str,
+        port: int,
+        stop: threading.Event,
+    ) -> None:
+        self.ctl = ctl
+        self.namespace = namespace
+        self.interval = interval
+        self.stop = stop
+        self.metrics = DaemonMetrics()
+        self.leader = Lease(
+            ctl.kube,
+            namespace=lease_namespace,
+            name="canaryctl-leader",
+            holder=ctl.holder,
+            duration=max(15, int(interval * 3)),
+        )
+        self.ready = False
+        self.server = ThreadingHTTPServer(("0.0.0.0", port), self._handler())
+        self.seen_terminal: set[tuple[str, str, float]] = set()
+
+    @property
+    def port(self) -> int:
+        return int(self.server.server_address[1])
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        daemon = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                if self.path == "/healthz":
+                    self._send(200, b"ok\n", "text/plain")
+                elif self.path == "/readyz":
+                    ok = daemon.ready
+                    self._send(200 if ok else 503, b"ok\n" if ok else b"starting\n", "text/plain")
+                elif self.path == "/metrics":
+                    self._send(200, generate_latest(daemon.metrics.registry), CONTENT_TYPE_LATEST)
+                else:
+                    self._send(404, b"not found\n", "text/plain")
+
+            def _send(self, code: int, body: bytes, ctype: str) -> None:
+                self.send_response(code)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                return
+
+        return Handler
+
+    def tick(self) -> None:
+        now = self.ctl.clock()
+        leading = self.leader.acquire(now)
+        self.metrics.leader.set(1 if leading else 0)
+        if not leading:
+            self.ready = True
+            log.debug("standby", leader=self.leader.observed_holder)
+            return
+        started = time.monotonic()
+        try:
+            report = reconcile(self.ctl, namespace=self.namespace)
+            if report.infra_errors:
+                self.metrics.errors.inc()
+        except CanaryctlError as exc:
+            self.metrics.errors.inc()
+            log.error("reconcile.failed", error=exc.message)
+        finally:
+            self.metrics.duration.observe(time.monotonic() - started)
+        try:
+            states = operations.list_rollouts(self.ctl, namespace=self.namespace)
+        except CanaryctlError as exc:
+            log.error("list.failed", error=exc.message)
+            return
+        self.metrics.observe(states)
+        for s in states:
+            key = (s.namespace, s.virtual_service, s.finished_at or 0.0)
+            if not s.active and s.finished_at and key not in self.seen_terminal:
+                self.seen_terminal.add(key)
+                if self.ready:  # count what ended while we watched, not history found at boot
+                    self.metrics.finished.labels(s.phase, _reason_class(s.reason)).inc()
+        self.ready = True
+
+    def serve(self) -> int:
+        thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        thread.start()
+        log.info(
+            "daemon.start",
+            port=self.port,
+            namespace=self.namespace or "*",
+            interval=self.interval,
+            holder=self.ctl.holder,
+        )
+        try:
+            while not self.stop.is_set():
+                self.tick()
+                self.stop.wait(self.interval)
+        finally:
+            self.leader.release()
+            self.server.shutdown()
+            log.info("daemon.stop")
+        return 0

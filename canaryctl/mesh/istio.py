@@ -1,0 +1,128 @@
+"""Istio router: VirtualService / DestinationRule / Deployment access through ``kube.py``.
+
+The decisions (which routes, which destination is stable, what the patch is) are pure and live
+in ``routes.py``; this module only reads the objects they need and writes the patch.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from canaryctl.errors import NotFoundError, PreflightError, TargetNotFoundError
+from canaryctl.kube import KubeClient
+from canaryctl.mesh import routes
+from canaryctl.mesh._base import Workloads
+from canaryctl.mesh.routes import Destination, Target
+
+
+class IstioRouter:
+    def __init__(self, kube: KubeClient) -> None:
+        self.kube = kube
+
+    def read(self, namespace: str, name: str) -> dict[str, Any]:
+        try:
+            return self.kube.get_virtual_service(namespace, name)
+        except NotFoundError:
+            raise TargetNotFoundError(
+                f"VirtualService {name!r} not found in namespace {namespace!r}"
+            ) from None
+
+    def list(self, namespace: str | None) -> list[dict[str, Any]]:
+        return self.kube.list_istio("virtualservices", namespace)
+
+    def find(
+        self,
+        *,
+        app: str,
+        namespace: str,
+        vs_name: str | None,
+        canary: str | None,
+        known: tuple[Destination, Destination] | None = None,
+    ) -> tuple[Target, dict[str, Any]]:
+        if vs_name:
+            candidates = [self.read(namespace, vs_name)]
+        else:
+            try:
+                candidates = self.list(namespace)
+            except NotFoundError:
+                raise TargetNotFoundError(
+                    f"namespace {namespace!r} has no VirtualServices (is Istio installed?)"
+                ) from None
+        target = routes.find_target(
+            candidates, app=app, namespace=namespace, vs_name=vs_name, canary=canary, known=known
+        )
+        vs = next(v for v in candidates if v["metadata"]["name"] == target.vs_name)
+        return target, vs
+
+    def _deployment(self, namespace: str, labels: dict[str, str], what: str) -> dict[str, Any]:
+        found = routes.select_deployments(self.kube.list_deployments(namespace), labels)
+        shown = ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+        if not found:
+            raise PreflightError(
+                f"no Deployment for the {what} in namespace {namespace!r} (selector {shown})"
+            )
+        if len(found) > 1:
+            names = ", ".join(sorted(d["metadata"]["name"] for d in found))
+            raise PreflightError(
+                f"several Deployments match the {what} (selector {shown}): {names}"
+            )
+        return found[0]
+
+    def _service_selector(self, namespace: str, host: str) -> dict[str, str]:
+        name = routes.normalise_host(host, namespace)
+        try:
+            svc = self.kube.get_service(namespace, name)
+        except NotFoundError:
+            raise TargetNotFoundError(
+                f"Service {name!r} not found in namespace {namespace!r}"
+            ) from None
+        return dict((svc.get("spec") or {}).get("selector") or {})
+
+    def _labels(self, target: Target) -> tuple[dict[str, str], dict[str, str]]:
+        ns = target.namespace
+        if target.mode == "subset":
+            drs = self.kube.list_istio("destinationrules", ns)
+            subsets = routes.destination_rule_subsets(drs, host=target.stable.host, namespace=ns)
+            stable_labels, canary_labels = routes.preflight_subsets(subsets, target)
+            selector = self._service_selector(ns, target.stable.host)
+            return {**selector, **stable_labels}, {**selector, **canary_labels}
+        return (
+            self._service_selector(ns, target.stable.host),
+            self._service_selector(ns, target.canary.host),
+        )
+
+    def preflight(self, target: Target) -> Workloads:
+        """Both destinations resolve to one Deployment each; the canary is available."""
+        stable_labels, canary_labels = self._labels(target)
+        stable = self._deployment(
+            target.namespace, stable_labels, f"stable {target.stable.label()}"
+        )
+        canary = self._deployment(
+            target.namespace, canary_labels, f"canary {target.canary.label()}"
+        )
+        ok, why = routes.deployment_available(canary)
+        if not ok:
+            raise PreflightError(
+                f"canary Deployment {canary['metadata']['name']!r} is not available: {why}"
+            )
+        return Workloads(stable=stable["metadata"]["name"], canary=canary["metadata"]["name"])
+
+    def canary_available(self, target: Target, workload: str) -> tuple[bool, str]:
+        """Re-checked before every analysis: a canary scaled to 0 mid-rollout is rolled back."""
+        for d in self.kube.list_deployments(target.namespace):
+            if d["metadata"]["name"] == workload:
+                return routes.deployment_available(d)
+        return False, f"Deployment {workload!r} no longer exists"
+
+    def write(
+        self,
+        target: Target,
+        vs: dict[str, Any],
+        *,
+        canary_weight: int,
+        annotations: dict[str, str | None],
+    ) -> dict[str, Any]:
+        ops = routes.weight_patch(
+            target, canary_weight=canary_weight, annotations=annotations, vs=vs
+        )
+        return self.kube.patch_virtual_service(target.namespace, target.vs_name, ops)

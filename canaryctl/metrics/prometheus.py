@@ -1,0 +1,254 @@
+"""Prometheus provider: the HTTP API (requests + tenacity) and the built-in Istio queries.
+
+Built-in queries use Istio's standard metrics as scraped from the destination sidecar
+(``reporter="destination"``), selected by ``destination_workload_namespace`` and
+``destination_workload`` (the Deployment's name). Label values are validated names and are
+also escaped as PromQL string literals, so a name can never change what a query means.
+
+Failure policy: connection errors, timeouts, 5xx, 429 and malformed answers are retried with
+exponential backoff for ``spec.prometheus.retryBudget``; then ``MetricsUnavailableError``
+(the controller puts traffic back on stable and exits 3). A query Prometheus rejects as
+``bad_data`` is not retried: before the rollout that is a policy error (exit 2), during it
+an infrastructure failure.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from typing import Any
+
+import requests
+import structlog
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception_type,
+    stop_after_delay,
+    wait_exponential,
+)
+
+from canaryctl.analysis import Measurement
+from canaryctl.errors import MetricsUnavailableError, PolicyError, TransientError
+from canaryctl.metrics._base import QueryContext, WorkloadCounts
+from canaryctl.policy import MetricSpec, PrometheusSpec, format_duration, parse_duration
+
+log = structlog.get_logger("canaryctl.prometheus")
+
+_NAME_OK = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+Sample = tuple[dict[str, str], float]
+
+
+class QueryRejectedError(Exception):
+    """Prometheus answered ``bad_data``: the query itself is wrong."""
+
+
+def promql_string(value: str) -> str:
+    """A PromQL double-quoted string literal for ``value`` (Go escaping rules)."""
+    return json.dumps(value)  # JSON escaping is a subset of Go's: \" \\ \n \uXXXX
+
+
+def checked_name(value: str, what: str) -> str:
+    """Names that reach PromQL must be DNS-1123 names (what Kubernetes allows for them)."""
+    if not isinstance(value, str) or not _NAME_OK.match(value):
+        raise PolicyError(f"{what}: {value!r} is not a valid Kubernetes name (DNS-1123)")
+    return value
+
+
+def selector(namespace: str, workload: str, extra: str = "") -> str:
+    ns = promql_string(checked_name(namespace, "namespace"))
+    wl = promql_string(checked_name(workload, "workload"))
+    sel = f'reporter="destination",destination_workload_namespace={ns},destination_workload={wl}'
+    return f"{sel},{extra}" if extra else sel
+
+
+def builtin_query(name: str, *, namespace: str, workload: str, window: str) -> str:
+    sel = selector(namespace, workload)
+    if name == "request-success-rate":
+        # 100 - error percentage: with no 5xx series at all the error side is 0, not "no data"
+        err = selector(namespace, workload, 'response_code=~"5.*"')
+        return (
+            f"100 - 100 * (sum(rate(istio_requests_total{{{err}}}[{window}])) or on() vector(0))"
+            f" / sum(rate(istio_requests_total{{{sel}}}[{window}]))"
+        )
+    if name == "request-duration":
+        return (
+            "histogram_quantile(0.99, sum by (le) "
+            f"(rate(istio_request_duration_milliseconds_bucket{{{sel}}}[{window}])))"
+        )
+    if name == "request-count":
+        return f"sum(increase(istio_requests_total{{{sel}}}[{window}]))"
+    raise ValueError(f"unknown built-in metric {name}")
+
+
+class PrometheusProvider:
+    def __init__(self, spec: PrometheusSpec, *, session: requests.Session | None = None):
+        self.spec = spec
+        self.url = spec.url.rstrip("/")
+        self.timeout = parse_duration(spec.timeout)
+        self.retry_seconds = parse_duration(spec.retryBudget)
+        self.session = session or requests.Session()
+
+    # --- HTTP -------------------------------------------------------------------------------
+    def _once(self, promql: str, at: float | None) -> dict[str, Any]:
+        params = {"query": promql}
+        if at is not None:
+            params["time"] = f"{at:.3f}"
+        try:
+            resp = self.session.post(f"{self.url}/api/v1/query", data=params, timeout=self.timeout)
+        except requests.RequestException as exc:
+            raise TransientError(f"Prometheus at {self.url}: {type(exc).__name__}") from exc
+        try:
+            body = resp.json()
+        except ValueError:
+            body = None
+        if isinstance(body, dict) and body.get("errorType") == "bad_data":
+            raise QueryRejectedError(str(body.get("error", "bad query")))
+        if resp.status_code == 429 or resp.status_code >= 500:
+            raise TransientError(f"Prometheus at {self.url}: HTTP {resp.status_code}")
+        if resp.status_code >= 400:
+            raise TransientError(f"Prometheus at {self.url}: HTTP {resp.status_code}")
+        if not isinstance(body, dict) or body.get("status") != "success":
+            err = body.get("error") if isinstance(body, dict) else "malformed JSON answer"
+            raise TransientError(f"Prometheus at {self.url}: {err}")
+        data = body.get("data")
+        if not isinstance(data, dict) or "resultType" not in data:
+            raise TransientError(f"Prometheus at {self.url}: answer without data.resultType")
+        return data
+
+    def query(self, promql: str, *, at: float | None = None) -> list[Sample]:
+        """Instant query with retries. Returns (labels, value) samples."""
+
+        def before_sleep(rs: RetryCallState) -> None:
+            exc = rs.outcome.exception() if rs.outcome else None
+            log.warning("prometheus.retry", error=str(exc), attempt=rs.attempt_number)
+
+        try:
+            for attempt in Retrying(
+                retry=retry_if_exception_type(TransientError),
+                stop=stop_after_delay(self.retry_seconds),
+                wait=wait_exponential(multiplier=0.25, max=8),
+                before_sleep=before_sleep,
+                reraise=True,
+            ):
+                with attempt:
+                    data = self._once(promql, at)
+        except TransientError as exc:
+            raise MetricsUnavailableError(
+                f"{exc} (gave up after {self.retry_seconds:g}s of retries)"
+            ) from exc
+        except QueryRejectedError as exc:
+            raise MetricsUnavailableError(f"Prometheus rejected the query: {exc}") from exc
+        return _samples(data)
+
+    def scalar(self, promql: str, *, at: float | None = None) -> tuple[float | None, str | None]:
+        """One number, or (None, why) for an empty answer or several series."""
+        samples = self.query(promql, at=at)
+        if not samples:
+            return None, "no data"
+        if len(samples) > 1:
+            return None, f"query returned {len(samples)} series, expected one (aggregate it)"
+        return samples[0][1], None
+
+    # --- provider protocol ------------------------------------------------------------------
+    def check(self) -> None:
+        self.query("vector(1)")
+
+    def validate_query(self, query: str) -> None:
+        try:
+            self._once(query, None)
+        except QueryRejectedError as exc:
+            raise PolicyError(f"Prometheus rejects the query {query!r}: {exc}") from None
+        except TransientError:
+            self.check()  # raises MetricsUnavailableError after retries
+
+    def render(self, metric: MetricSpec, ctx: QueryContext, workload: str) -> str:
+        from canaryctl.policy import render_query
+
+        window = format_duration(ctx.window_seconds)
+        if metric.builtin:
+            return builtin_query(
+                metric.name, namespace=ctx.namespace, workload=workload, window=window
+            )
+        assert metric.query is not None
+        variables = {
+            "app": checked_name(ctx.app, "app"),
+            "namespace": checked_name(ctx.namespace, "namespace"),
+            "canary_workload": checked_name(ctx.canary_workload, "canary workload"),
+            "stable_workload": checked_name(ctx.stable_workload, "stable workload"),
+            "workload": checked_name(workload, "workload"),
+            "window": window,
+            "interval": window,
+        }
+        return render_query(metric.query, variables)
+
+    def measure(self, metric: MetricSpec, ctx: QueryContext) -> Measurement:
+        window = format_duration(ctx.window_seconds)
+        req_q = builtin_query(
+            "request-count", namespace=ctx.namespace, workload=ctx.canary_workload, window=window
+        )
+        requests_value, _ = self.scalar(req_q, at=ctx.at)
+        canary, note = self.scalar(self.render(metric, ctx, ctx.canary_workload), at=ctx.at)
+        stable, _ = self.scalar(self.render(metric, ctx, ctx.stable_workload), at=ctx.at)
+        return Measurement(
+            metric=metric.name,
+            canary=canary,
+            stable=stable,
+            canary_requests=0.0 if requests_value is None else requests_value,
+            note=note,
+        )
+
+    def counts(self, *, namespace: str, workload: str, start: float, end: float) -> WorkloadCounts:
+        """Requests and 5xx between two instants as per-series counter differences (a series
+        whose value went down was reset: its whole end value is the increase)."""
+        q = f"istio_requests_total{{{selector(namespace, workload)}}}"
+        before = {_key(labels): v for labels, v in self.query(q, at=start)}
+        total = errors = 0.0
+        for labels, v in self.query(q, at=end):
+            prev = before.get(_key(labels))
+            inc = v if prev is None or v < prev else v - prev
+            total += inc
+            if labels.get("response_code", "").startswith("5"):
+                errors += inc
+        return WorkloadCounts(requests=round(total), errors=round(errors))
+
+    def bucket_counts(
+        self, *, namespace: str, workload: str, start: float, end: float
+    ) -> tuple[dict[float, float], dict[float, float]]:
+        """Cumulative latency-bucket counters (le -> count) summed over series, at start and
+        end, each series reset-aware against its own start value."""
+        q = f"istio_request_duration_milliseconds_bucket{{{selector(namespace, workload)}}}"
+        before = {_key(labels): v for labels, v in self.query(q, at=start)}
+        start_sum: dict[float, float] = {}
+        end_sum: dict[float, float] = {}
+        for labels, v in self.query(q, at=end):
+            le = float(labels.get("le", "inf").replace("+Inf", "inf"))
+            prev = before.get(_key(labels), 0.0)
+            if v < prev:  # reset: count from zero
+                prev = 0.0
+            start_sum[le] = start_sum.get(le, 0.0) + prev
+            end_sum[le] = end_sum.get(le, 0.0) + v
+        return start_sum, end_sum
+
+
+def _key(labels: dict[str, str]) -> tuple[tuple[str, str], ...]:
+    return tuple(sorted((k, v) for k, v in labels.items() if k != "__name__"))
+
+
+def _samples(data: dict[str, Any]) -> list[Sample]:
+    rtype = data.get("resultType")
+    result = data.get("result")
+    try:
+        if rtype == "scalar":
+            return [({}, _num(result[1]))]  # type: ignore[index]
+        if rtype == "vector":
+            return [(dict(s.get("metric", {})), _num(s["value"][1])) for s in result or []]
+    except (TypeError, KeyError, IndexError, ValueError) as exc:
+        raise MetricsUnavailableError(f"Prometheus answer malformed: {exc}") from exc
+    raise MetricsUnavailableError(f"Prometheus answered a {rtype}, expected a vector or scalar")
+
+
+def _num(text: Any) -> float:
+    v = float(text)  # Prometheus encodes NaN/Inf as "NaN", "+Inf", "-Inf"; float() reads them
+    return v if not math.isnan(v) else math.nan

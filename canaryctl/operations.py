@@ -1,0 +1,351 @@
+"""The user-facing verbs: promote (start or attach), rollback, pause, resume, status, list.
+
+Each verb returns a ``Result``; the CLI renders it as text or JSON and maps it to an exit code.
+Input is validated and preflight checks run before the first write, so an input error (exit 2)
+never leaves anything changed in the cluster.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from canaryctl import rollout
+from canaryctl.controller import Controller, Interrupted, StateChangedError, read_state
+from canaryctl.errors import (
+    EXIT_INFRA,
+    EXIT_OK,
+    EXIT_ROLLED_BACK,
+    RolloutStateError,
+    TargetNotFoundError,
+    UsageError,
+)
+from canaryctl.mesh.routes import apply_patch, weight_patch, weights_of
+from canaryctl.metrics._base import QueryContext
+from canaryctl.policy import AnalysisPolicy
+from canaryctl.rollout import ANNOTATION, RolloutState
+
+log = structlog.get_logger("canaryctl")
+
+_EXIT = {"Promoted": EXIT_OK, "RolledBack": EXIT_ROLLED_BACK, "Failed": EXIT_INFRA}
+_RESULT = {"Promoted": "promoted", "RolledBack": "rolled_back", "Failed": "failed"}
+
+
+@dataclass
+class Result:
+    result: str
+    app: str
+    namespace: str
+    exit_code: int = EXIT_OK
+    state: RolloutState | None = None
+    message: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "result": self.result,
+            "app": self.app,
+            "namespace": self.namespace,
+            "message": self.message,
+        }
+        s = self.state
+        if s is not None:
+            out.update(
+                virtualService=s.virtual_service,
+                stable=_dest(s.stable),
+                canary=_dest(s.canary),
+                stableWorkload=s.stable_workload,
+                canaryWorkload=s.canary_workload,
+                phase=s.phase,
+                reason=s.reason,
+                weight=s.weight,
+                step=s.step_index + 1,
+                stepsTotal=len(s.steps),
+                judge=s.policy["spec"].get("judge", "threshold"),
+                failedAnalyses=s.failed,
+                inconclusiveInARow=s.inconclusive,
+                forced=s.forced,
+                steps=s.history,
+                historyDropped=s.history_dropped,
+            )
+        out.update(self.extra)
+        return out
+
+
+def _dest(d: dict[str, str | None]) -> str:
+    return f"{d['host']}/{d['subset']}" if d.get("subset") else str(d["host"])
+
+
+def from_state(state: RolloutState, app: str) -> Result:
+    if state.active:
+        return Result("in_progress", app, state.namespace, EXIT_OK, state, state.reason)
+    return Result(
+        _RESULT[state.phase], app, state.namespace, _EXIT[state.phase], state, state.reason
+    )
+
+
+def locate(
+    ctl: Controller, *, app: str, namespace: str, vs_name: str | None
+) -> tuple[dict[str, Any] | None, RolloutState | None]:
+    """The VirtualService carrying this app's rollout state, if any (active ones first)."""
+    candidates = [ctl.router.read(namespace, vs_name)] if vs_name else ctl.router.list(namespace)
+    found: list[tuple[dict[str, Any], RolloutState]] = []
+    for vs in candidates:
+        st = read_state(vs)
+        if st is not None and st.app == app:
+            found.append((vs, st))
+    found.sort(key=lambda p: (not p[1].active, -p[1].updated_at))
+    return found[0] if found else (None, None)
+
+
+def promote(
+    ctl: Controller,
+    *,
+    app: str,
+    namespace: str,
+    policy: AnalysisPolicy,
+    vs_name: str | None = None,
+    canary: str | None = None,
+    dry_run: bool = False,
+    wait: bool = True,
+    force: bool = False,
+) -> Result:
+    """Start a rollout (or attach to the one in progress) and follow it to its end."""
+    vs, state = locate(ctl, app=app, namespace=namespace, vs_name=vs_name)
+    if state is not None and state.active:
+        if canary and canary not in (state.canary.get("subset"), state.canary.get("host")):
+            raise UsageError(
+                f"--canary {canary}: a rollout of {_dest(state.canary)} is already in progress "
+                f"on {state.virtual_service}; roll it back first"
+            )
+        if force:
+            return force_promote(ctl, state)
+        if dry_run:
+            return Result("planned", app, namespace, EXIT_OK, state, "rollout already in progress")
+        if not wait:
+            return Result("in_progress", app, namespace, EXIT_OK, state, state.reason)
+        log.info("attach", vs=state.virtual_service, phase=state.phase, weight=state.weight)
+        return _run(ctl, state, app, attach=True)
+    if force:
+        raise RolloutStateError(f"--force: no rollout of {app} in progress in {namespace}")
+
+    target, vs = ctl.router.find(app=app, namespace=namespace, vs_name=vs_name, canary=canary)
+    workloads = ctl.router.preflight(target)
+    spec = policy.spec
+    provider = ctl.provider_for(spec.prometheus)
+    provider.check()
+    for metric in spec.metrics:
+        if not metric.builtin:
+            ctx = QueryContext(
+                namespace=namespace,
+                app=app,
+                canary_workload=workloads.canary,
+                stable_workload=workloads.stable,
+                window_seconds=spec.interval_seconds,
+            )
+            provider.validate_query(provider.render(metric, ctx, workloads.canary))
+    now = ctl.clock()
+    state = rollout.begin(
+        app=app,
+        namespace=namespace,
+        virtual_service=target.vs_name,
+        mode=target.mode,
+        stable={"host": target.stable.host, "subset": target.stable.subset},
+        canary={"host": target.canary.host, "subset": target.canary.subset},
+        stable_workload=workloads.stable,
+        canary_workload=workloads.canary,
+        policy=policy.snapshot(),
+        current_canary_weight=target.canary_weight,
+        now=now,
+    )
+    if dry_run:
+        ops = weight_patch(
+            target, canary_weight=state.weight, annotations={ANNOTATION: state.to_json()}, vs=vs
+        )
+        after = apply_patch(vs, ops)
+        plan = {
+            "virtualService": target.vs_name,
+            "mode": target.mode,
+            "currentWeights": weights_of(vs, target),
+            "steps": state.steps,
+            "interval": spec.interval,
+            "firstPatch": ops,
+            "weightsAfterFirstPatch": weights_of(after, target),
+        }
+        return Result(
+            "planned", app, namespace, EXIT_OK, state, "dry run: nothing written", {"plan": plan}
+        )
+    lease = ctl.lease_for(state)
+    if not lease.acquire(now):
+        log.info("lease.busy", holder=lease.observed_holder)
+        return _attach_existing(ctl, app=app, namespace=namespace, vs_name=target.vs_name)
+    try:
+        try:
+            written = ctl.commit(state, expect=None, canary_override=canary)
+        except StateChangedError as exc:
+            lease.release()
+            if exc.state is None:
+                raise
+            return _run(ctl, exc.state, app, attach=True)
+        ctl.event(
+            written,
+            "RolloutStarted",
+            f"canary {_dest(state.canary)} at {state.weight}% "
+            f"(stable {_dest(state.stable)}), steps {state.steps}",
+        )
+        log.info(
+            "started",
+            vs=state.virtual_service,
+            weight=state.weight,
+            steps=state.steps,
+            canary=_dest(state.canary),
+            stable=_dest(state.stable),
+        )
+        if not wait:
+            return Result(
+                "started",
+                app,
+                namespace,
+                EXIT_OK,
+                state,
+                "started; `canaryctl reconcile` or `canaryctl run` continues it",
+            )
+        final = ctl.drive(state, lease)
+    finally:
+        lease.release()
+    return from_state(final, app)
+
+
+def _attach_existing(ctl: Controller, *, app: str, namespace: str, vs_name: str) -> Result:
+    _, state = locate(ctl, app=app, namespace=namespace, vs_name=vs_name)
+    if state is None:
+        raise RolloutStateError(f"another process is starting a rollout of {app}; try again")
+    return _run(ctl, state, app, attach=True)
+
+
+def _run(ctl: Controller, state: RolloutState, app: str, *, attach: bool) -> Result:
+    try:
+        final = ctl.follow(state) if attach else ctl.drive(state, None)
+    except Interrupted:
+        latest = ctl.refresh(state)
+        return Result(
+            "interrupted",
+            app,
+            state.namespace,
+            130,
+            latest,
+            "stopped waiting; the rollout continues in the cluster",
+        )
+    return from_state(final, app)
+
+
+def _require_active(
+    ctl: Controller, app: str, namespace: str, vs_name: str | None, verb: str
+) -> RolloutState:
+    _, state = locate(ctl, app=app, namespace=namespace, vs_name=vs_name)
+    if state is None or not state.active:
+        raise RolloutStateError(f"{verb}: no rollout of {app} in progress in {namespace}")
+    return state
+
+
+def _operate(
+    ctl: Controller, state: RolloutState, new: RolloutState, reason: str, warning: bool
+) -> RolloutState:
+    """Write an operator's change, retrying on races with the driving process."""
+    for _ in range(10):
+        try:
+            vs = ctl.commit(new, expect=state)
+        except StateChangedError as exc:
+            if exc.state is None or not exc.state.active:
+                raise RolloutStateError("the rollout ended meanwhile") from None
+            state = exc.state
+            new = _rebase(state, new)
+            continue
+        ctl.event(vs, reason, f"{new.reason} (canary {new.weight}%)", warning=warning)
+        return new
+    raise RolloutStateError("the rollout kept changing; try again")
+
+
+def _rebase(state: RolloutState, new: RolloutState) -> RolloutState:
+    now = new.updated_at
+    if new.phase == "Paused":
+        return rollout.pause(state, reason=new.reason, now=now)
+    if new.phase == "Progressing":
+        return rollout.resume(state, now=now)
+    if new.phase == "Promoted":
+        return rollout.force_promote(state, reason=new.reason, now=now)
+    return rollout.rollback(state, reason=new.reason, now=now)
+
+
+def force_promote(ctl: Controller, state: RolloutState) -> Result:
+    new = rollout.force_promote(
+        state, reason="promoted with --force: remaining analysis skipped", now=ctl.clock()
+    )
+    new = _operate(ctl, state, new, "PromotedForced", True)
+    return from_state(new, state.app)
+
+
+def pause(ctl: Controller, *, app: str, namespace: str, vs_name: str | None) -> Result:
+    state = _require_active(ctl, app, namespace, vs_name, "pause")
+    if state.phase == "Paused":
+        return Result("paused", app, namespace, EXIT_OK, state, "already paused")
+    new = rollout.pause(state, reason=f"paused by operator at {state.weight}%", now=ctl.clock())
+    return Result("paused", app, namespace, EXIT_OK, _operate(ctl, state, new, "Paused", False))
+
+
+def resume(ctl: Controller, *, app: str, namespace: str, vs_name: str | None) -> Result:
+    state = _require_active(ctl, app, namespace, vs_name, "resume")
+    if state.phase != "Paused":
+        return Result("resumed", app, namespace, EXIT_OK, state, "not paused")
+    new = rollout.resume(state, now=ctl.clock())
+    return Result("resumed", app, namespace, EXIT_OK, _operate(ctl, state, new, "Resumed", False))
+
+
+def rollback(ctl: Controller, *, app: str, namespace: str, vs_name: str | None) -> Result:
+    """All traffic to stable now. With a rollout in progress its state records the rollback;
+    without one, the split route found by weight is set to stable 100 / canary 0."""
+    _, state = locate(ctl, app=app, namespace=namespace, vs_name=vs_name)
+    if state is not None and state.active:
+        new = rollout.rollback(state, reason="rolled back by operator", now=ctl.clock())
+        new = _operate(ctl, state, new, "RolledBack", True)
+        return Result("rolled_back", app, namespace, EXIT_OK, new, new.reason)
+    target, vs = ctl.router.find(app=app, namespace=namespace, vs_name=vs_name, canary=None)
+    if target.canary_weight == 0:
+        return Result("rolled_back", app, namespace, EXIT_OK, state, "traffic already on stable")
+    ctl.router.write(target, vs, canary_weight=0, annotations={})
+    msg = f"traffic moved to {target.stable.label()} (was {100 - target.canary_weight}%)"
+    return Result("rolled_back", app, namespace, EXIT_OK, state, msg)
+
+
+def status(ctl: Controller, *, app: str, namespace: str, vs_name: str | None) -> Result:
+    vs, state = locate(ctl, app=app, namespace=namespace, vs_name=vs_name)
+    if state is not None:
+        res = from_state(state, app)
+        res.exit_code = EXIT_OK
+        return res
+    try:
+        target, vs = ctl.router.find(app=app, namespace=namespace, vs_name=vs_name, canary=None)
+    except TargetNotFoundError:
+        raise
+    return Result(
+        "no_rollout",
+        app,
+        namespace,
+        EXIT_OK,
+        None,
+        f"no rollout recorded; {target.vs_name} sends {100 - target.canary_weight}% to "
+        f"{target.stable.label()} and {target.canary_weight}% to {target.canary.label()}",
+        {"virtualService": target.vs_name, "weights": weights_of(vs, target)},
+    )
+
+
+def list_rollouts(ctl: Controller, *, namespace: str | None) -> list[RolloutState]:
+    out = []
+    for vs in ctl.router.list(namespace):
+        st = read_state(vs)
+        if st is not None:
+            out.append(st)
+    out.sort(key=lambda s: (s.namespace, s.app))
+    return out

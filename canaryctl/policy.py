@@ -1,0 +1,409 @@
+"""The YAML analysis policy: model, defaults, validation and JSON Schema (pure).
+
+The field names are a public contract: users and pipelines write them, and a snapshot of the
+effective policy is stored with every rollout (so a running rollout never changes when a file
+does). Validation is strict (unknown fields are errors: a typo like ``minRequest`` must not
+silently fall back to a default) and every error names the field path and the value, on one
+line, e.g. ``spec.steps: must be strictly increasing and end at 100, got [40, 20, 100]``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from canaryctl.errors import PolicyError
+
+API_VERSION = "canaryctl.io/v1alpha1"
+KIND = "AnalysisPolicy"
+BUILTIN_METRICS = ("request-success-rate", "request-duration")
+MAX_POLICY_BYTES = 1024 * 1024  # a policy is a few hundred bytes; refuse megabytes up front
+MAX_STEPS = 100
+
+# Variables a custom query may use. Their values are names the controller validated as
+# DNS-1123 labels (or durations it rendered itself), so substitution cannot inject PromQL.
+TEMPLATE_VARIABLES = (
+    "app",
+    "namespace",
+    "canary_workload",
+    "stable_workload",
+    "workload",
+    "window",
+    "interval",
+)
+_TEMPLATE_RE = re.compile(r"\{\{\s*([^{}]*?)\s*\}\}")
+_DURATION_RE = re.compile(r"^(?:(\d+)h)?(?:(\d+)m(?!s))?(?:(\d+)s)?(?:(\d+)ms)?$")
+_NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+
+
+def parse_duration(text: str) -> float:
+    """``"4s"``, ``"30s"``, ``"1m"``, ``"1h"``, ``"1m30s"``, ``"500ms"`` -> seconds."""
+    m = _DURATION_RE.match(text.strip()) if isinstance(text, str) else None
+    if not text or m is None or not any(m.groups()):
+        raise ValueError(f"must be a duration like 30s, 1m, 1h or 1m30s, got {text!r}")
+    h, mi, s, ms = (int(g) if g else 0 for g in m.groups())
+    return h * 3600 + mi * 60 + s + ms / 1000
+
+
+def format_duration(seconds: float) -> str:
+    """Seconds -> a Prometheus range duration (integer ms or s, which Prometheus accepts)."""
+    if seconds != int(seconds):
+        return f"{round(seconds * 1000)}ms"
+    return f"{int(seconds)}s"
+
+
+Duration = Annotated[str, Field(description="Duration: 500ms, 4s, 30s, 1m, 1h, 1m30s")]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+
+
+class PrometheusSpec(_Model):
+    url: str = Field(
+        default="http://prometheus.istio-system:9090",
+        description="Base URL of the Prometheus HTTP API; --prometheus-url overrides it",
+    )
+    timeout: Duration = Field(default="10s", description="Timeout of one query")
+    retryBudget: Duration = Field(
+        default="60s",
+        description="How long a failing query is retried (with backoff) before the rollout "
+        "is abandoned with traffic on stable (exit 3)",
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if not re.match(r"^https?://[^\s/]+", v):
+            raise ValueError(f"must be an http(s) URL, got {v!r}")
+        return v.rstrip("/")
+
+    @field_validator("timeout", "retryBudget")
+    @classmethod
+    def _timeout(cls, v: str) -> str:
+        if parse_duration(v) <= 0:
+            raise ValueError(f"must be positive, got {v!r}")
+        return v
+
+
+class MetricSpec(_Model):
+    """One check. Built-ins take no query; any other name needs a PromQL ``query``."""
+
+    name: str = Field(description="request-success-rate, request-duration, or your own name")
+    query: str | None = Field(
+        default=None,
+        description="PromQL returning one number; may use {{ canary_workload }}, "
+        "{{ stable_workload }}, {{ workload }}, {{ namespace }}, {{ app }}, {{ window }}",
+    )
+    min: float | None = Field(default=None, description="Pass when value >= min")
+    max: float | None = Field(default=None, description="Pass when value <= max")
+    maxIncrease: float | None = Field(
+        default=None, description="Pass when canary - stable <= maxIncrease (same window)"
+    )
+    maxRatio: float | None = Field(
+        default=None, description="Pass when canary <= maxRatio x stable (same window)"
+    )
+    window: Duration | None = Field(default=None, description="Range window; default interval")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not _NAME_RE.match(v):
+            raise ValueError(f"must be a DNS-1123 label (a-z, 0-9, '-'), got {v!r}")
+        return v
+
+    @field_validator("window")
+    @classmethod
+    def _window(cls, v: str | None) -> str | None:
+        if v is not None and parse_duration(v) <= 0:
+            raise ValueError(f"must be positive, got {v!r}")
+        return v
+
+    @field_validator("query")
+    @classmethod
+    def _query(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        if not v.strip():
+            raise ValueError("must not be empty")
+        for var in _TEMPLATE_RE.findall(v):
+            if var not in TEMPLATE_VARIABLES:
+                raise ValueError(
+                    f"unknown template variable {{{{ {var} }}}} "
+                    f"(known: {', '.join(TEMPLATE_VARIABLES)})"
+                )
+        rest = _TEMPLATE_RE.sub("", v)
+        if "{{" in rest or "}}" in rest:
+            raise ValueError(f"unbalanced template braces in {v!r}")
+        return v
+
+    @field_validator("maxRatio")
+    @classmethod
+    def _ratio(cls, v: float | None) -> float | None:
+        if v is not None and v <= 0:
+            raise ValueError(f"must be > 0, got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _check(self) -> MetricSpec:
+        if self.name in BUILTIN_METRICS and self.query is not None:
+            raise ValueError(f"built-in metric {self.name} takes no query")
+        if self.name not in BUILTIN_METRICS and self.query is None:
+            raise ValueError(
+                f"metric {self.name} needs a query (built-ins: {', '.join(BUILTIN_METRICS)})"
+            )
+        if all(t is None for t in (self.min, self.max, self.maxIncrease, self.maxRatio)):
+            raise ValueError(
+                f"metric {self.name} needs at least one of min, max, maxIncrease, maxRatio"
+            )
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min {self.min} is greater than max {self.max}")
+        return self
+
+    @property
+    def builtin(self) -> bool:
+        return self.name in BUILTIN_METRICS
+
+
+def _default_metrics() -> list[MetricSpec]:
+    return [
+        MetricSpec(name="request-success-rate", min=99),
+        MetricSpec(name="request-duration", max=500),
+    ]
+
+
+class PolicySpec(_Model):
+    steps: list[int] | None = Field(
+        default=None,
+        description="Canary weight after each step; strictly increasing, ends at 100",
+    )
+    stepWeight: int | None = Field(default=None, description="Shorthand: steps of this size")
+    maxWeight: int | None = Field(
+        default=None, description="With stepWeight: last weight before 100 (default 100)"
+    )
+    interval: Duration = Field(default="1m", description="Wait after each step before analysing")
+    failureLimit: int = Field(
+        default=0, ge=0, description="Rolled back when MORE than this many analyses failed"
+    )
+    minRequests: int = Field(
+        default=50, ge=1, description="Canary requests needed in the window for a verdict"
+    )
+    inconclusiveLimit: int = Field(
+        default=3, ge=0, description="Inconclusive analyses in a row before rolling back"
+    )
+    judge: Literal["threshold", "sequential"] = Field(
+        default="threshold",
+        description="threshold: fixed limits per analysis; sequential: anytime-valid test",
+    )
+    alpha: float = Field(
+        default=0.01, gt=0, lt=1, description="Sequential judge: false-rollback bound"
+    )
+    psi0: float = Field(
+        default=1.2, ge=1, description="Sequential judge: tolerated canary/stable error ratio"
+    )
+    prometheus: PrometheusSpec = Field(default_factory=PrometheusSpec)
+    metrics: list[MetricSpec] = Field(default_factory=_default_metrics)
+
+    @field_validator("interval")
+    @classmethod
+    def _interval(cls, v: str) -> str:
+        if parse_duration(v) < 1:
+            raise ValueError(f"must be at least 1s, got {v!r}")
+        return v
+
+    @field_validator("metrics")
+    @classmethod
+    def _metrics(cls, v: list[MetricSpec]) -> list[MetricSpec]:
+        if not v:
+            raise ValueError("must list at least one metric (never promote without evidence)")
+        names = [m.name for m in v]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"metric names must be unique, got duplicates {dupes}")
+        return v
+
+    @model_validator(mode="after")
+    def _steps(self) -> PolicySpec:
+        if self.steps is not None and (self.stepWeight is not None or self.maxWeight is not None):
+            raise ValueError("give either steps or stepWeight/maxWeight, not both")
+        if self.steps is None:
+            if self.stepWeight is None:
+                if self.maxWeight is not None:
+                    raise ValueError("maxWeight needs stepWeight")
+                object.__setattr__(self, "steps", [20, 40, 60, 80, 100])
+            else:
+                object.__setattr__(self, "steps", _expand(self.stepWeight, self.maxWeight))
+        steps = self.steps or []
+        shown = steps if len(steps) <= 12 else f"{steps[:6]}... ({len(steps)} steps)"
+        if not 0 < len(steps) <= MAX_STEPS:
+            raise ValueError(f"steps: must have 1 to {MAX_STEPS} weights, got {shown}")
+        if not all(0 < s <= 100 for s in steps):
+            raise ValueError(f"steps: weights must be in 1..100, got {shown}")
+        if not (all(a < b for a, b in itertools.pairwise(steps)) and steps[-1] == 100):
+            raise ValueError(f"steps: must be strictly increasing and end at 100, got {shown}")
+        return self
+
+    @property
+    def interval_seconds(self) -> float:
+        return parse_duration(self.interval)
+
+    def window_seconds(self, metric: MetricSpec) -> float:
+        return parse_duration(metric.window) if metric.window else self.interval_seconds
+
+    @property
+    def weights(self) -> list[int]:
+        assert self.steps is not None  # filled by the validator
+        return list(self.steps)
+
+
+def _expand(step: int, max_weight: int | None) -> list[int]:
+    top = 100 if max_weight is None else max_weight
+    if not 0 < step <= 100:
+        raise ValueError(f"stepWeight: must be in 1..100, got {step}")
+    if not step <= top <= 100:
+        raise ValueError(f"maxWeight: must be in stepWeight..100, got {top}")
+    out = list(range(step, top + 1, step))
+    if out[-1] != 100:
+        out.append(100)
+    return out
+
+
+class Metadata(_Model):
+    name: str = "default"
+
+
+class AnalysisPolicy(_Model):
+    apiVersion: Literal["canaryctl.io/v1alpha1"] = "canaryctl.io/v1alpha1"
+    kind: Literal["AnalysisPolicy"] = "AnalysisPolicy"
+    metadata: Metadata = Field(default_factory=Metadata)
+    spec: PolicySpec = Field(default_factory=PolicySpec)
+
+    def snapshot(self) -> dict[str, Any]:
+        """The effective policy as plain data (steps expanded), stored with the rollout."""
+        data = self.model_dump(mode="json", exclude_none=True)
+        data["spec"].pop("stepWeight", None)
+        data["spec"].pop("maxWeight", None)
+        return data
+
+    def with_prometheus_url(self, url: str | None) -> AnalysisPolicy:
+        if not url:
+            return self
+        try:
+            prom = self.spec.prometheus.model_copy(update={"url": PrometheusSpec(url=url).url})
+        except ValidationError as exc:
+            raise PolicyError(f"--prometheus-url: {_first_message(exc)}") from exc
+        spec = self.spec.model_copy(update={"prometheus": prom})
+        return self.model_copy(update={"spec": spec})
+
+
+def _first_message(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    msg = str(err.get("msg", "invalid"))
+    return msg.removeprefix("Value error, ")
+
+
+def _loc(parts: tuple[int | str, ...]) -> str:
+    out = ""
+    for p in parts:
+        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+    return out
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    """One line: ``spec.metrics[1].min: Input should be a valid number, got 'abc'``."""
+    errors = exc.errors()
+    err = errors[0]
+    loc = _loc(tuple(err.get("loc", ())))
+    msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+    etype = err.get("type", "")
+    if etype == "extra_forbidden":
+        msg = "unknown field"
+    elif etype == "literal_error":
+        msg = f"{msg}, got {err.get('input')!r}"
+    elif "got " not in msg and etype != "missing" and not isinstance(err.get("input"), dict):
+        shown = json.dumps(err["input"], default=str)
+        msg = f"{msg}, got {shown[:80]}"
+    # model-level validators report at the parent; name the field inside the message instead
+    if msg.startswith("steps: ") and not loc.endswith("steps"):
+        loc, msg = f"{loc}.steps" if loc else "steps", msg.removeprefix("steps: ")
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return f"{loc or 'policy'}: {msg}{more}"
+
+
+def parse_policy(data: Any, *, source: str = "policy") -> AnalysisPolicy:
+    """Validate already-parsed YAML/JSON data. Raises ``PolicyError`` with a one-line message."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise PolicyError(f"{source}: must be a mapping with apiVersion, kind and spec")
+    try:
+        return AnalysisPolicy.model_validate(data)
+    except ValidationError as exc:
+        raise PolicyError(f"{source}: {format_validation_error(exc)}") from None
+    except (TypeError, ValueError, RecursionError) as exc:  # exotic YAML that pydantic rejects
+        raise PolicyError(f"{source}: {exc}") from None
+
+
+def parse_policy_text(text: str, *, source: str = "policy") -> AnalysisPolicy:
+    if len(text.encode("utf-8", "surrogatepass")) > MAX_POLICY_BYTES:
+        raise PolicyError(f"{source}: larger than {MAX_POLICY_BYTES // 1024} KiB, refusing")
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or "syntax error"
+        raise PolicyError(f"{source}: invalid YAML{where}: {problem}") from None
+    except RecursionError:
+        raise PolicyError(f"{source}: YAML nested too deeply") from None
+    return parse_policy(data, source=source)
+
+
+def load_policy(path: str | Path | None) -> AnalysisPolicy:
+    """Load a policy file; ``None`` gives the built-in default policy."""
+    if path is None:
+        return AnalysisPolicy()
+    p = Path(path)
+    try:
+        if p.stat().st_size > MAX_POLICY_BYTES:
+            raise PolicyError(f"{p}: larger than {MAX_POLICY_BYTES // 1024} KiB, refusing")
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise PolicyError(f"--policy: file not found: {p}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PolicyError(f"--policy: cannot read {p}: {exc}") from None
+    return parse_policy_text(text, source=str(p))
+
+
+def json_schema() -> dict[str, Any]:
+    """JSON Schema for editors' YAML language servers (``# yaml-language-server: $schema=``)."""
+    schema = AnalysisPolicy.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["$id"] = "https://canaryctl.io/schemas/analysispolicy-v1alpha1.json"
+    schema["title"] = "canaryctl AnalysisPolicy"
+    return schema
+
+
+def render_query(template: str, variables: dict[str, str]) -> str:
+    """Substitute ``{{ var }}``. Values must already be validated names or durations."""
+
+    def sub(m: re.Match[str]) -> str:
+        name = m.group(1)
+        if name not in variables:
+            raise PolicyError(f"query: unknown template variable {{{{ {name} }}}}")
+        return variables[name]
+
+    return _TEMPLATE_RE.sub(sub, template)

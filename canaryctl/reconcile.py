@@ -1,0 +1,195 @@
+"""CronJob mode: advance every due rollout by at most one step, then return.
+
+A reconcile pass lists the VirtualServices (one namespace or all), and for each rollout in
+phase Progressing whose step interval has elapsed: takes the rollout's lease (skipping it when
+another live process holds it), analyses the window since the step began, and advances, holds,
+rolls back or promotes (one guarded write). Paused rollouts are skipped. A VirtualService
+annotated ``canaryctl.io/promote: <canary subset or host>`` (optionally with
+``canaryctl.io/policy: <ConfigMap>``) starts a rollout declaratively, for GitOps; the annotations
+are removed in the same patch that writes the first step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from canaryctl import operations
+from canaryctl.controller import Controller, RolloutInfraError, StateChangedError, read_state
+from canaryctl.errors import CanaryctlError, InfraError, InputError, NotFoundError, PolicyError
+from canaryctl.policy import AnalysisPolicy, load_policy, parse_policy_text
+from canaryctl.rollout import POLICY_ANNOTATION, PROMOTE_ANNOTATION, RolloutState
+
+log = structlog.get_logger("canaryctl.reconcile")
+
+
+@dataclass
+class Outcome:
+    namespace: str
+    virtual_service: str
+    app: str | None
+    action: str  # started, advanced, held, promoted, rolled_back, failed, skipped, error
+    detail: str = ""
+    phase: str | None = None
+    weight: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "namespace": self.namespace,
+            "virtualService": self.virtual_service,
+            "app": self.app,
+            "action": self.action,
+            "detail": self.detail,
+            "phase": self.phase,
+            "weight": self.weight,
+        }
+
+
+@dataclass
+class Report:
+    outcomes: list[Outcome] = field(default_factory=list)
+    infra_errors: int = 0
+
+    @property
+    def exit_code(self) -> int:
+        return 3 if self.infra_errors else 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "result": "error" if self.infra_errors else "ok",
+            "rollouts": [o.to_dict() for o in self.outcomes],
+        }
+
+
+def infer_app(vs: dict[str, Any]) -> str | None:
+    """The app of a VirtualService for a declarative start: the host its split routes send to
+    (subset split), or the common prefix of the two hosts (``app-primary``/``app-canary``)."""
+    ns = vs.get("metadata", {}).get("namespace", "")
+    for route in (vs.get("spec") or {}).get("http") or []:
+        dests = [d.get("destination", {}) for d in route.get("route") or []]
+        if len(dests) != 2:
+            continue
+        hosts = [str(d.get("host", "")).removesuffix(f".{ns}.svc.cluster.local") for d in dests]
+        hosts = [h.split(".")[0] for h in hosts]
+        if hosts[0] == hosts[1]:
+            return hosts[0]
+        prefix = ""
+        for a, b in zip(hosts[0], hosts[1], strict=False):
+            if a != b:
+                break
+            prefix += a
+        prefix = prefix.rstrip("-")
+        if prefix:
+            return prefix
+    return None
+
+
+def policy_from_config_map(ctl: Controller, namespace: str, name: str | None) -> AnalysisPolicy:
+    if not name:
+        return load_policy(None)
+    try:
+        cm = ctl.kube.get_config_map(namespace, name)
+    except NotFoundError:
+        raise PolicyError(f"{POLICY_ANNOTATION}: ConfigMap {namespace}/{name} not found") from None
+    data = cm.get("data") or {}
+    key = "policy.yaml" if "policy.yaml" in data else next(iter(data), None)
+    if key is None:
+        raise PolicyError(f"{POLICY_ANNOTATION}: ConfigMap {namespace}/{name} has no data")
+    return parse_policy_text(str(data[key]), source=f"configmap {namespace}/{name}/{key}")
+
+
+def _outcome(state: RolloutState, action: str, detail: str) -> Outcome:
+    return Outcome(
+        state.namespace,
+        state.virtual_service,
+        state.app,
+        action,
+        detail,
+        state.phase,
+        state.weight,
+    )
+
+
+def _start(ctl: Controller, vs: dict[str, Any]) -> Outcome:
+    meta = vs["metadata"]
+    ns, name = meta["namespace"], meta["name"]
+    ann = meta.get("annotations") or {}
+    app = ann.get("canaryctl.io/app") or infer_app(vs)
+    if not app:
+        raise InputError(f"{PROMOTE_ANNOTATION}: cannot tell the app of {name}")
+    policy = policy_from_config_map(ctl, ns, ann.get(POLICY_ANNOTATION))
+    if ctl.prometheus_url:
+        policy = policy.with_prometheus_url(ctl.prometheus_url)
+    res = operations.promote(
+        ctl,
+        app=app,
+        namespace=ns,
+        policy=policy,
+        vs_name=name,
+        canary=str(ann[PROMOTE_ANNOTATION]) or None,
+        wait=False,
+    )
+    if res.state is None:
+        raise InputError(f"{name}: {res.message}")
+    return _outcome(res.state, "started", res.message)
+
+
+_ACTIONS = {"Promoted": "promoted", "RolledBack": "rolled_back", "Failed": "failed"}
+
+
+def _advance(ctl: Controller, state: RolloutState, now: float) -> Outcome:
+    if state.phase == "Paused":
+        return _outcome(state, "skipped", "paused")
+    if now < state.due_at():
+        return _outcome(state, "skipped", f"next analysis in {state.due_at() - now:.0f}s")
+    lease = ctl.lease_for(state)
+    if not lease.acquire(now):
+        return _outcome(state, "skipped", f"lease held by {lease.observed_holder}")
+    try:
+        try:
+            new = ctl.step(ctl.refresh(state))
+        except StateChangedError as exc:
+            latest = exc.state or state
+            return _outcome(latest, "skipped", "changed by another actor meanwhile")
+    finally:
+        lease.release()
+    if new.active:
+        action = "advanced" if new.step_index > state.step_index else "held"
+    else:
+        action = _ACTIONS[new.phase]
+    return _outcome(new, action, new.reason)
+
+
+def reconcile(ctl: Controller, *, namespace: str | None) -> Report:
+    report = Report()
+    for vs in ctl.router.list(namespace):
+        meta = vs.get("metadata", {})
+        ns, name = meta.get("namespace", namespace or ""), meta.get("name", "")
+        try:
+            state = read_state(vs)
+            ann = meta.get("annotations") or {}
+            if (state is None or not state.active) and PROMOTE_ANNOTATION in ann:
+                outcome = _start(ctl, vs)
+            elif state is None or not state.active:
+                continue
+            else:
+                outcome = _advance(ctl, state, ctl.clock())
+        except RolloutInfraError as exc:
+            report.infra_errors += 1
+            st = exc.state
+            outcome = (
+                _outcome(st, "failed", exc.message)
+                if st
+                else Outcome(ns, name, None, "error", exc.message)
+            )
+        except InfraError as exc:
+            report.infra_errors += 1
+            outcome = Outcome(ns, name, None, "error", exc.message)
+        except CanaryctlError as exc:  # input problems of one rollout must not stop the others
+            outcome = Outcome(ns, name, None, "error", exc.message)
+            ctl.event(vs, "ReconcileError", exc.message, warning=True)
+        log.info("reconciled", **outcome.to_dict())
+        report.outcomes.append(outcome)
+    return report

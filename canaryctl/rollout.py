@@ -1,0 +1,246 @@
+"""The rollout state machine (pure): given the stored state and a verdict, what happens next.
+
+The state lives in the VirtualService annotation ``canaryctl.io/rollout`` as JSON and is
+written in the same patch as the weights, so the two never disagree. Every function here takes
+``now`` (epoch seconds) instead of reading a clock, so the machine is deterministic and the
+property tests can replay any sequence of verdicts and restarts.
+
+Phases::
+
+    Progressing --pass--> Progressing (next step) ... --pass at 100--> Promoted
+    Progressing --fail > failureLimit / inconclusive > inconclusiveLimit--> RolledBack
+    Progressing --pause--> Paused --resume--> Progressing
+    Progressing --infrastructure failure--> Failed (traffic put back on stable)
+    Progressing/Paused --rollback verb--> RolledBack;  --promote --force--> Promoted
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Literal
+
+from canaryctl.analysis import StepAnalysis
+
+ANNOTATION = "canaryctl.io/rollout"
+PROMOTE_ANNOTATION = "canaryctl.io/promote"
+POLICY_ANNOTATION = "canaryctl.io/policy"
+STATE_VERSION = 1
+HISTORY_LIMIT = 20  # analyses kept in the annotation; older ones are counted, not stored
+
+Phase = Literal["Progressing", "Paused", "Promoted", "RolledBack", "Failed"]
+ACTIVE_PHASES: tuple[str, ...] = ("Progressing", "Paused")
+TERMINAL_PHASES: tuple[str, ...] = ("Promoted", "RolledBack", "Failed")
+Action = Literal["advance", "hold", "promote", "rollback"]
+
+
+@dataclass(frozen=True)
+class RolloutState:
+    """Everything a canaryctl process needs to continue a rollout it did not start."""
+
+    app: str
+    namespace: str
+    virtual_service: str
+    mode: str  # "subset" | "host"
+    stable: dict[str, str | None]  # {"host": ..., "subset": ...}
+    canary: dict[str, str | None]
+    stable_workload: str
+    canary_workload: str
+    policy: dict[str, Any]  # snapshot of the effective policy
+    phase: Phase = "Progressing"
+    reason: str = ""
+    step_index: int = 0
+    weight: int = 0
+    failed: int = 0
+    inconclusive: int = 0  # in a row
+    step_started_at: float = 0.0
+    started_at: float = 0.0
+    updated_at: float = 0.0
+    finished_at: float | None = None
+    forced: bool = False
+    history: list[dict[str, Any]] = field(default_factory=list)
+    history_dropped: int = 0
+    counts: list[dict[str, Any]] = field(default_factory=list)  # per analysis, for sequential
+    version: int = STATE_VERSION
+
+    # --- derived --------------------------------------------------------------------------
+    @property
+    def steps(self) -> list[int]:
+        return list(self.policy["spec"]["steps"])
+
+    @property
+    def interval(self) -> float:
+        from canaryctl.policy import parse_duration
+
+        return parse_duration(self.policy["spec"]["interval"])
+
+    @property
+    def active(self) -> bool:
+        return self.phase in ACTIVE_PHASES
+
+    def due_at(self) -> float:
+        """When the current step's analysis window is complete."""
+        return self.step_started_at + self.interval
+
+    # --- serialisation --------------------------------------------------------------------
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> RolloutState:
+        data = json.loads(text)
+        if not isinstance(data, dict) or data.get("version") != STATE_VERSION:
+            raise ValueError(f"unsupported rollout state version {data.get('version')!r}")
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass(frozen=True)
+class Decision:
+    action: Action
+    state: RolloutState
+    reason: str
+
+
+def first_step_index(steps: list[int], current_canary_weight: int) -> int:
+    """The rollout starts at the first step whose weight is >= the current canary weight."""
+    for i, w in enumerate(steps):
+        if w >= current_canary_weight:
+            return i
+    return len(steps) - 1
+
+
+def begin(
+    *,
+    app: str,
+    namespace: str,
+    virtual_service: str,
+    mode: str,
+    stable: dict[str, str | None],
+    canary: dict[str, str | None],
+    stable_workload: str,
+    canary_workload: str,
+    policy: dict[str, Any],
+    current_canary_weight: int,
+    now: float,
+) -> RolloutState:
+    steps = list(policy["spec"]["steps"])
+    idx = first_step_index(steps, current_canary_weight)
+    return RolloutState(
+        app=app,
+        namespace=namespace,
+        virtual_service=virtual_service,
+        mode=mode,
+        stable=stable,
+        canary=canary,
+        stable_workload=stable_workload,
+        canary_workload=canary_workload,
+        policy=policy,
+        phase="Progressing",
+        reason=f"started at step {idx + 1}/{len(steps)} ({steps[idx]}%)",
+        step_index=idx,
+        weight=steps[idx],
+        step_started_at=now,
+        started_at=now,
+        updated_at=now,
+    )
+
+
+def _record(state: RolloutState, analysis: StepAnalysis, now: float, action: str) -> RolloutState:
+    entry = {
+        "step": state.step_index + 1,
+        "weight": state.weight,
+        "at": round(now, 3),
+        "window": round(now - state.step_started_at, 3),
+        "verdict": analysis.verdict,
+        "action": action,
+        "reason": analysis.reason[:300],
+        "metrics": [r.to_dict() for r in analysis.metrics],
+    }
+    history = [*state.history, entry]
+    dropped = state.history_dropped
+    if len(history) > HISTORY_LIMIT:
+        dropped += len(history) - HISTORY_LIMIT
+        history = history[-HISTORY_LIMIT:]
+    return replace(state, history=history, history_dropped=dropped)
+
+
+def decide(state: RolloutState, analysis: StepAnalysis, *, now: float) -> Decision:
+    """Apply one analysis of the current step. Never promotes on anything but a pass."""
+    if state.phase != "Progressing":
+        raise ValueError(f"cannot analyse a rollout in phase {state.phase}")
+    spec = state.policy["spec"]
+    steps = state.steps
+    if analysis.verdict == "fail":
+        failed = state.failed + 1
+        if analysis.sequential_reject or failed > int(spec["failureLimit"]):
+            why = (
+                "sequential test rejected: " if analysis.sequential_reject else "analysis failed: "
+            ) + analysis.reason
+            s = _record(replace(state, failed=failed), analysis, now, "rollback")
+            return Decision("rollback", _finish(s, "RolledBack", why, now), why)
+        why = f"analysis failed ({failed}/{spec['failureLimit']} allowed): {analysis.reason}"
+        s = _record(replace(state, failed=failed, inconclusive=0), analysis, now, "hold")
+        return Decision("hold", replace(s, step_started_at=now, updated_at=now, reason=why), why)
+    if analysis.verdict == "inconclusive":
+        streak = state.inconclusive + 1
+        if streak > int(spec["inconclusiveLimit"]):
+            why = f"{streak} inconclusive analyses in a row: {analysis.reason}"
+            s = _record(replace(state, inconclusive=streak), analysis, now, "rollback")
+            return Decision("rollback", _finish(s, "RolledBack", why, now), why)
+        why = f"inconclusive ({streak}/{spec['inconclusiveLimit']}): {analysis.reason}"
+        s = _record(replace(state, inconclusive=streak), analysis, now, "hold")
+        return Decision("hold", replace(s, step_started_at=now, updated_at=now, reason=why), why)
+    # pass
+    if state.step_index >= len(steps) - 1:
+        why = f"all {len(steps)} steps passed analysis"
+        s = _record(replace(state, inconclusive=0), analysis, now, "promote")
+        return Decision("promote", _finish(s, "Promoted", why, now), why)
+    nxt = state.step_index + 1
+    why = f"step {state.step_index + 1} passed; advancing to {steps[nxt]}%"
+    s = _record(replace(state, inconclusive=0), analysis, now, "advance")
+    s = replace(
+        s,
+        step_index=nxt,
+        weight=steps[nxt],
+        step_started_at=now,
+        updated_at=now,
+        reason=why,
+    )
+    return Decision("advance", s, why)
+
+
+def _finish(state: RolloutState, phase: Phase, reason: str, now: float) -> RolloutState:
+    weight = 100 if phase == "Promoted" else 0
+    return replace(
+        state, phase=phase, reason=reason, weight=weight, updated_at=now, finished_at=now
+    )
+
+
+def rollback(state: RolloutState, *, reason: str, now: float) -> RolloutState:
+    """Operator or controller rollback: all traffic back to stable."""
+    return _finish(state, "RolledBack", reason, now)
+
+
+def fail(state: RolloutState, *, reason: str, now: float) -> RolloutState:
+    """Infrastructure failure: traffic back to stable, phase Failed with the reason."""
+    return _finish(state, "Failed", reason, now)
+
+
+def force_promote(state: RolloutState, *, reason: str, now: float) -> RolloutState:
+    return replace(_finish(state, "Promoted", reason, now), forced=True)
+
+
+def pause(state: RolloutState, *, reason: str, now: float) -> RolloutState:
+    return replace(state, phase="Paused", reason=reason, updated_at=now)
+
+
+def resume(state: RolloutState, *, now: float) -> RolloutState:
+    """Resume re-measures the current step from now: the paused time is not analysed."""
+    return replace(
+        state, phase="Progressing", reason="resumed", step_started_at=now, updated_at=now
+    )
+
+
+def restart_window(state: RolloutState, *, now: float, reason: str) -> RolloutState:
+    return replace(state, step_started_at=now, updated_at=now, reason=reason)
