@@ -1,0 +1,451 @@
+"""Flagger-style webhooks: what a rollout asks or tells other systems (an edge: HTTP I/O).
+
+Why: metrics alone cannot ask a human for approval, start a load test or tell a deploy
+pipeline that a rollout ended. The policy lists webhooks (``spec.webhooks``); the controller
+calls them at fixed points of the rollout:
+
+- ``pre-rollout``: before the first traffic shift. Every one must answer 2xx, else the rollout
+  does not start (nothing is written).
+- ``rollout``: at every analysis, before the metrics are read. A failing one is returned to the
+  controller; we recommend counting it as a failed analysis, as Flagger does
+  (``as_failed_checks``), so ``failureLimit`` applies to it like to any metric.
+- ``confirm-step`` / ``confirm-promotion``: gates, asked before each weight increase / before
+  the final shift to 100%. A gate is open only while every gate of its kind answers 2xx.
+  With ``maxWait``, a gate that has not opened within that time (counted from when the
+  controller first asked at this step) *expires*: the controller rolls the rollout back. Without
+  it the rollout waits (at its current weight) for as long as it takes.
+- ``rollback``: asked at every analysis; any 2xx answer rolls the rollout back at once.
+- ``post-rollout``: once, after Promoted / RolledBack / Failed; fire-and-forget.
+
+Safety rule: a failure -- 4xx, 5xx after retries, timeout, refused connection, redirect, any
+exception -- is NEVER an approval, and ``call`` never raises: a webhook can hold or end a
+rollout but never crash the controller. Only connection errors, timeouts and 5xx are retried
+(0.2 s backoff, doubling, at most 2 s between attempts); a 4xx is an answer.
+
+Payload (JSON, POSTed; ``payload_schema()`` is its JSON Schema)::
+
+    {"name": "approve", "type": "confirm-step", "app": "reviews", "namespace": "shop",
+     "virtualService": "reviews", "phase": "Progressing", "step": 2, "stepsTotal": 5,
+     "canaryWeight": 40, "stableWeight": 60, "canary": "reviews/v2", "stable": "reviews/v1",
+     "metadata": {...},                                   # the webhook's own metadata
+     "outcome": "promoted|rolled_back|failed", "reason": "..."}   # post-rollout only
+
+``canary`` / ``stable`` are ``host/subset`` (just ``host`` in host mode).
+
+Secrets: URLs may carry credentials (``user:pass@`` becomes basic auth) or tokens in their
+path (Slack). Logs only ever show ``scheme://host:port``; errors name the exception class and
+OS reason, never its message (requests quotes the URL path in it); headers are never logged.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Annotated, Any, Literal, get_args
+from urllib.parse import urlsplit
+
+import requests
+import structlog
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt
+from tenacity import wait_exponential as backoff
+
+if TYPE_CHECKING:  # runtime imports would be circular: policy.py imports the spec models
+    from canaryctl.analysis import MetricResult
+    from canaryctl.rollout import RolloutState
+
+log = structlog.get_logger("canaryctl.hooks")
+
+HookType = Literal[
+    "pre-rollout", "rollout", "confirm-step", "confirm-promotion", "rollback", "post-rollout"
+]
+GateKind = Literal["confirm-step", "confirm-promotion"]
+Outcome = Literal["promoted", "rolled_back", "failed"]
+HOOK_TYPES: tuple[str, ...] = get_args(HookType)
+GATE_KINDS: tuple[str, ...] = get_args(GateKind)
+OUTCOMES: tuple[str, ...] = get_args(Outcome)
+_OUTCOME_OF_PHASE = {"Promoted": "promoted", "RolledBack": "rolled_back", "Failed": "failed"}
+_NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+_USERINFO_RE = re.compile(r"(//)[^/@\s]*@")
+_UA = {"User-Agent": "canaryctl-webhook/1"}
+Session = requests.Session
+Label = dict[str, Any]
+
+Duration = Annotated[str, Field(description="Duration: 500ms, 4s, 30s, 1m, 1h, 1m30s")]
+
+
+def seconds(text: str) -> float:
+    from canaryctl.policy import parse_duration  # lazy: policy.py imports this module
+
+    return parse_duration(text)
+
+
+def endpoint(url: str) -> str:
+    """What logs may show of a URL: ``scheme://host:port`` (no credentials, path or query)."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or "?"
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return "<invalid url>"
+    host = f"[{host}]" if ":" in host else host
+    return f"{parts.scheme}://{host}{port}"
+
+
+def check_name(v: str) -> str:
+    if not isinstance(v, str) or not _NAME_RE.match(v):
+        raise ValueError(f"must be a DNS-1123 label (a-z, 0-9, '-'), got {v!r}")
+    return v
+
+
+def check_url(v: str) -> str:
+    shown = _USERINFO_RE.sub(r"\1***@", str(v))[:120]  # a policy error must not print a password
+    try:
+        parts = urlsplit(v)
+        _ = parts.port  # raises on a non-numeric port
+    except ValueError:
+        raise ValueError(f"must be an http(s) URL, got {shown!r}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname or re.search(r"\s", v):
+        raise ValueError(f"must be an http(s) URL, got {shown!r}")
+    return v
+
+
+def check_duration(v: str | None) -> str | None:
+    if v is not None and seconds(v) <= 0:
+        raise ValueError(f"must be positive, got {v!r}")
+    return v
+
+
+def unique_names(items: list[Any]) -> list[Any]:
+    names = [i.name for i in items]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise ValueError(f"names must be unique, got duplicates {dupes}")
+    return items
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+
+
+class WebhookSpec(_Spec):
+    """One webhook of the policy (``spec.webhooks[]``)."""
+
+    name: str = Field(description="DNS-1123 label, unique among the webhooks; shown in logs")
+    type: HookType = Field(
+        description="pre-rollout: must pass before traffic moves; rollout: a check at every "
+        "analysis; confirm-step / confirm-promotion: gates before a weight increase / the "
+        "promotion; rollback: 2xx rolls back; post-rollout: told the outcome"
+    )
+    url: str = Field(description="http(s) URL the JSON payload is POSTed to")
+    timeout: Duration = Field(default="10s", description="Timeout of one attempt")
+    retries: int = Field(
+        default=2,
+        ge=0,
+        le=10,
+        description="Extra attempts after a connection error, timeout or 5xx (a 4xx is final)",
+    )
+    maxWait: Duration | None = Field(
+        default=None,
+        description="Gates only: when the gate has not answered 2xx for this long at one "
+        "step, the rollout is rolled back; unset: wait as long as it takes",
+    )
+    metadata: dict[str, str] = Field(
+        default_factory=dict, description="Copied into the payload's metadata"
+    )
+
+    _name = field_validator("name")(check_name)
+    _url = field_validator("url")(check_url)
+    _durations = field_validator("timeout", "maxWait")(check_duration)
+
+    @model_validator(mode="after")
+    def _gate_only(self) -> WebhookSpec:
+        if self.maxWait is not None and self.type not in GATE_KINDS:
+            raise ValueError(
+                f"webhook {self.name}: maxWait only applies to {' and '.join(GATE_KINDS)} "
+                f"webhooks, not {self.type}"
+            )
+        return self
+
+
+# What PolicySpec declares: ``webhooks: Webhooks = Field(default_factory=list, ...)``.
+Webhooks = Annotated[list[WebhookSpec], AfterValidator(unique_names)]
+
+
+def specs_from_policy(policy: dict[str, Any]) -> list[WebhookSpec]:
+    """The webhooks of a stored policy snapshot (a running rollout keeps the ones it began with)."""
+    raw = (policy.get("spec") or {}).get("webhooks") or []
+    return [WebhookSpec.model_validate(d) for d in raw]
+
+
+@dataclass(frozen=True)
+class HookResult:
+    ok: bool  # only a 2xx answer
+    status: int | None  # last HTTP status, None when no answer came
+    error: str | None  # "HTTP 403", "ReadTimeout", "ConnectionError (Connection refused)"
+    attempts: int
+    name: str = ""
+
+
+@dataclass(frozen=True)
+class GateResult:
+    open: bool
+    waiting_since: float | None  # when this process (or ``since``) first saw it closed
+    expired: bool  # closed for longer than a closed gate's maxWait: roll back
+    detail: str
+
+
+def dest(d: dict[str, str | None]) -> str:
+    return f"{d['host']}/{d['subset']}" if d.get("subset") else str(d["host"])
+
+
+def outcome_of(state: RolloutState) -> Outcome | None:
+    return _OUTCOME_OF_PHASE.get(state.phase)  # type: ignore[return-value]
+
+
+def build_payload(
+    hook: WebhookSpec, state: RolloutState, *, outcome: Outcome | None = None
+) -> dict[str, Any]:
+    """The JSON body for ``hook`` (see the module docstring and ``payload_schema``)."""
+    body: dict[str, Any] = {
+        "name": hook.name,
+        "type": hook.type,
+        "app": state.app,
+        "namespace": state.namespace,
+        "virtualService": state.virtual_service,
+        "phase": state.phase,
+        "step": state.step_index + 1,
+        "stepsTotal": len(state.steps),
+        "canaryWeight": state.weight,
+        "stableWeight": 100 - state.weight,
+        "canary": dest(state.canary),
+        "stable": dest(state.stable),
+        "metadata": dict(hook.metadata),
+    }
+    if hook.type == "post-rollout":
+        outcome = outcome or outcome_of(state)
+        if outcome not in OUTCOMES:
+            raise ValueError(f"post-rollout needs an outcome in {OUTCOMES}, got {outcome!r}")
+        body.update(outcome=outcome, reason=state.reason)
+    elif outcome is not None:
+        raise ValueError(f"only post-rollout webhooks carry an outcome, not {hook.type}")
+    return body
+
+
+def payload_schema() -> dict[str, Any]:
+    """JSON Schema of the payload, for the teams writing webhook receivers."""
+    text = {"type": "string", "minLength": 1}
+    weight = {"type": "integer", "minimum": 0, "maximum": 100}
+    properties: dict[str, Any] = {
+        "name": text,
+        "type": {"enum": list(HOOK_TYPES)},
+        "app": text,
+        "namespace": text,
+        "virtualService": text,
+        "phase": {"enum": ["Progressing", "Paused", "Promoted", "RolledBack", "Failed"]},
+        "step": {"type": "integer", "minimum": 1, "description": "1-based"},
+        "stepsTotal": {"type": "integer", "minimum": 1},
+        "canaryWeight": weight,
+        "stableWeight": weight,
+        "canary": {**text, "description": "host/subset (host in host mode)"},
+        "stable": {**text, "description": "host/subset (host in host mode)"},
+        "metadata": {"type": "object", "additionalProperties": {"type": "string"}},
+        "outcome": {"enum": list(OUTCOMES), "description": "post-rollout only"},
+        "reason": {"type": "string", "description": "post-rollout only"},
+    }
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": "https://canaryctl.io/schemas/webhook-payload-v1.json",
+        "title": "canaryctl webhook payload",
+        "type": "object",
+        "properties": properties,
+        "required": [k for k in properties if k not in ("outcome", "reason")],
+        "additionalProperties": False,
+        "if": {"properties": {"type": {"const": "post-rollout"}}},
+        "then": {"required": ["outcome", "reason"]},
+        "else": {"not": {"anyOf": [{"required": ["outcome"]}, {"required": ["reason"]}]}},
+    }
+
+
+class _Retryable(Exception):
+    def __init__(self, status: int | None, error: str):
+        super().__init__(error)
+        self.status, self.error = status, error
+
+
+def describe(exc: BaseException) -> str:
+    """Exception class plus the OS reason found in its chain; never the message (URLs)."""
+    todo, seen = [exc], set()
+    while todo and len(seen) < 20:
+        e = todo.pop(0)
+        if isinstance(e, OSError) and isinstance(e.strerror, str) and e.strerror:
+            return f"{type(exc).__name__} ({e.strerror})"
+        seen.add(id(e))
+        linked = (e.__cause__, e.__context__, getattr(e, "reason", None), *e.args)
+        todo += [x for x in linked if isinstance(x, BaseException) and id(x) not in seen]
+    return type(exc).__name__
+
+
+def _attempt(session: requests.Session, url: str, body: Any, timeout: float) -> int:
+    try:  # no redirects (a redirect is not an approval); the body is never read (stream)
+        with session.post(
+            url, json=body, timeout=timeout, allow_redirects=False, stream=True, headers=_UA
+        ) as resp:
+            status = int(resp.status_code)
+    except (requests.ConnectionError, requests.Timeout) as exc:
+        raise _Retryable(None, describe(exc)) from None
+    if status >= 500:
+        raise _Retryable(status, f"HTTP {status}")
+    return status
+
+
+def post_json(
+    url: str, body: Any, *, timeout: float, retries: int, session: Session | None, label: Label
+) -> HookResult:
+    """POST ``body`` with retries; ``ok`` only for 2xx. Never raises (notify uses it too)."""
+    attempts, name = 0, str(label.get("name", ""))
+    s = session if session is not None else requests.Session()
+
+    def before_sleep(rs: RetryCallState) -> None:
+        exc = rs.outcome.exception() if rs.outcome else None
+        err = exc.error if isinstance(exc, _Retryable) else type(exc).__name__
+        log.info("http.retry", **label, attempt=rs.attempt_number, error=err)
+
+    try:
+        for attempt in Retrying(
+            retry=retry_if_exception_type(_Retryable),
+            stop=stop_after_attempt(retries + 1),
+            wait=backoff(multiplier=0.2, max=2),
+            before_sleep=before_sleep,
+            reraise=True,
+        ):
+            with attempt:
+                attempts += 1
+                status = _attempt(s, url, body, timeout)
+    except _Retryable as exc:
+        return HookResult(False, exc.status, exc.error, attempts, name)
+    except Exception as exc:  # never raises: a webhook must not crash the controller
+        return HookResult(False, None, describe(exc), attempts, name)
+    finally:
+        if session is None:
+            s.close()
+    ok = 200 <= status < 300
+    return HookResult(ok, status, None if ok else f"HTTP {status}", attempts, name)
+
+
+def call(
+    hook: WebhookSpec, payload: dict[str, Any], *, session: Session | None = None
+) -> HookResult:
+    """Call one webhook and log the answer. Never raises; a failure is never approval."""
+    label = {"name": hook.name, "type": hook.type, "endpoint": endpoint(hook.url)}
+    timeout = seconds(hook.timeout)
+    r = post_json(
+        hook.url, payload, timeout=timeout, retries=hook.retries, session=session, label=label
+    )
+    log.info("webhook", **label, status=r.status, ok=r.ok, attempts=r.attempts, error=r.error)
+    return r
+
+
+def as_failed_checks(results: Sequence[HookResult]) -> list[MetricResult]:
+    """Failed ``rollout`` webhooks as failing checks, to add to the analysis' metric results."""
+    from canaryctl.analysis import MetricResult
+
+    return [
+        MetricResult(f"webhook-{r.name}", "fail", None, None, "2xx", None, f"{r.name}: {r.error}")
+        for r in results
+        if not r.ok
+    ]
+
+
+class HookRunner:
+    """Calls the webhooks at the controller's points and remembers since when gates wait.
+
+    Without ``hooks`` they come from each rollout's stored policy snapshot, so one runner
+    serves every rollout of a process (reconcile, daemon). ``clock`` times gate waits only.
+    """
+
+    def __init__(
+        self,
+        hooks: Sequence[WebhookSpec] | None = None,
+        *,
+        clock: Callable[[], float] = time.time,
+        session: Session | None = None,
+    ) -> None:
+        self._hooks = None if hooks is None else tuple(hooks)
+        self._clock, self._session = clock, session
+        self._lock = threading.Lock()
+        self._waiting: dict[tuple[Any, ...], float] = {}
+
+    def hooks_of(self, state: RolloutState, kind: str) -> list[WebhookSpec]:
+        hooks = self._hooks if self._hooks is not None else specs_from_policy(state.policy)
+        return [h for h in hooks if h.type == kind]
+
+    def _fire(
+        self, hook: WebhookSpec, state: RolloutState, outcome: Outcome | None = None
+    ) -> HookResult:
+        return call(hook, build_payload(hook, state, outcome=outcome), session=self._session)
+
+    def pre_rollout(self, state: RolloutState) -> HookResult | None:
+        """None when every pre-rollout hook answered 2xx, else the first failure."""
+        return next(
+            (r for h in self.hooks_of(state, "pre-rollout") if not (r := self._fire(h, state)).ok),
+            None,
+        )
+
+    def rollout(self, state: RolloutState) -> list[HookResult]:
+        """Call every ``rollout`` hook; returns the failures (empty: all passed)."""
+        return [r for h in self.hooks_of(state, "rollout") if not (r := self._fire(h, state)).ok]
+
+    def gate(
+        self, kind: GateKind, state: RolloutState, *, since: float | None = None
+    ) -> GateResult:
+        """Ask every gate of ``kind`` (open only if all answer 2xx). ``since``: when the wait
+        began, if the caller persisted it (a CronJob pass has no memory of earlier passes)."""
+        if kind not in GATE_KINDS:
+            raise ValueError(f"not a gate kind: {kind!r}")
+        hooks = self.hooks_of(state, kind)
+        if not hooks:
+            return GateResult(True, None, False, f"no {kind} webhooks")
+        now = self._clock()
+        key = (state.namespace, state.virtual_service, state.started_at, kind, state.step_index)
+        closed = [(h, r) for h in hooks if not (r := self._fire(h, state)).ok]
+        with self._lock:
+            if not closed:
+                self._waiting.pop(key, None)
+                return GateResult(True, None, False, f"{kind} approved")
+            started = min(self._waiting.get(key, now), now if since is None else since)
+            self._waiting[key] = started
+        waited = now - started
+        limits = [seconds(h.maxWait) for h, _ in closed if h.maxWait is not None]
+        expired = any(waited >= limit for limit in limits)
+        why = "; ".join(f"{h.name}: {r.error}" for h, r in closed)
+        shown = f", maxWait {min(limits):g}s" if limits else ""
+        if expired:
+            log.warning("webhook.gate_expired", kind=kind, waited=round(waited, 3), detail=why)
+        return GateResult(
+            False, started, expired, f"{kind} not approved ({why}); waiting {waited:.0f}s{shown}"
+        )
+
+    def rollback_requested(self, state: RolloutState) -> bool:
+        """True when any ``rollback`` hook answers 2xx (a failure never requests one)."""
+        for hook in self.hooks_of(state, "rollback"):
+            if self._fire(hook, state).ok:
+                log.warning("webhook.rollback_requested", name=hook.name)
+                return True
+        return False
+
+    def post_rollout(self, state: RolloutState, outcome: Outcome) -> list[HookResult]:
+        """Tell every ``post-rollout`` hook the outcome (with retries). Never raises."""
+        results: list[HookResult] = []
+        try:
+            for hook in self.hooks_of(state, "post-rollout"):
+                results.append(self._fire(hook, state, outcome))
+        except Exception as exc:  # never raises: the rollout has already ended
+            log.warning("webhook.post_rollout_error", error=describe(exc))
+        me = (state.namespace, state.virtual_service, state.started_at)
+        with self._lock:  # the rollout ended: forget its gate waits
+            self._waiting = {k: v for k, v in self._waiting.items() if k[:3] != me}
+        return results

@@ -1,0 +1,323 @@
+"""The emulator's state: what etcd plus the built-in controllers would hold and do.
+
+Kept apart from the HTTP surface (``emulator.py``) so the object lifecycle reads in one place:
+one object per group+resource whatever version it is written or read through, a global
+resourceVersion bumped on every write, server-owned metadata (uid, creationTimestamp,
+generation), the status-subresource rule, and the two controllers the sandbox lacks (namespace
+deletion, Deployment availability). Every method is thread-safe: the HTTP handler runs in the
+server thread while tests set up and assert from theirs.
+"""
+
+from __future__ import annotations
+
+import builtins
+import copy
+import random
+import string
+import threading
+import uuid
+from collections.abc import Iterable
+from typing import Any
+
+from canaryctl.sandbox import _api, _objects
+from canaryctl.sandbox._api import ApiError, Kind, Obj
+
+Key = tuple[str, str, str, str]  # group, plural, namespace ("" if cluster-scoped), name
+
+_NOT_FOUND = "the server could not find the requested resource"
+
+
+class ObjectStore:
+    """In-memory objects with API-server semantics; see the module docstring."""
+
+    def __init__(self, kinds: Iterable[Kind] = _api.BUILTIN_KINDS) -> None:
+        self.lock = threading.RLock()
+        self._kinds: dict[tuple[str, str], Kind] = {}
+        self._objects: dict[Key, Obj] = {}
+        self._rv = 0
+        self._unavailable: set[tuple[str, str]] = set()
+        for kind in kinds:
+            self.register_kind(kind)
+
+    # --- kinds ----------------------------------------------------------------------------
+
+    def register_kind(self, kind: Kind) -> None:
+        """Serve one more resource."""
+        with self.lock:
+            self._kinds[kind.group, kind.plural] = kind
+
+    def kind_at(self, group: str, version: str, plural: str) -> Kind:
+        """The resource behind a URL, or the real server's 404."""
+        with self.lock:
+            kind = self._kinds.get((group, plural))
+        if kind is None or version not in kind.versions:
+            raise ApiError(404, "NotFound", _NOT_FOUND)
+        return kind
+
+    def kind_for(self, api_version: str, kind_name: str) -> Kind:
+        """The resource for an ``apiVersion``/``kind`` pair (KeyError if not served)."""
+        group, version = _api.split_api_version(api_version)
+        with self.lock:
+            for kind in self._kinds.values():
+                if kind.group == group and kind.kind == kind_name and version in kind.versions:
+                    return kind
+        raise KeyError(f"{api_version} {kind_name} is not served by the emulator")
+
+    # --- the API verbs (raise ApiError like the server) -----------------------------------
+
+    def get(self, kind: Kind, namespace: str | None, name: str, api_version: str) -> Obj:
+        """GET one object."""
+        with self.lock:
+            return _render(self._existing(kind, namespace, name), api_version)
+
+    def list(
+        self,
+        kind: Kind,
+        namespace: str | None,
+        api_version: str,
+        *,
+        label_selector: str | None = None,
+        field_selector: str | None = None,
+    ) -> Obj:
+        """GET a collection (all namespaces when ``namespace`` is None), as a ``...List``."""
+        with self.lock:
+            items = []
+            for key in sorted(self._objects):
+                if key[:2] != (kind.group, kind.plural) or namespace not in (None, key[2]):
+                    continue
+                obj = self._objects[key]
+                labels = obj["metadata"].get("labels") or {}
+                if label_selector and not _objects.label_selector_matches(label_selector, labels):
+                    continue
+                if field_selector and not _objects.field_selector_matches(field_selector, obj):
+                    continue
+                items.append(_render(obj, api_version))
+            return {
+                "apiVersion": api_version,
+                "kind": f"{kind.kind}List",
+                "metadata": {"resourceVersion": str(self._rv)},
+                "items": items,
+            }
+
+    def create(
+        self, kind: Kind, namespace: str | None, data: Any, api_version: str, *, dry_run: bool
+    ) -> Obj:
+        """POST: a new object; 409 AlreadyExists, 404 if its namespace does not exist."""
+        if isinstance(data, dict) and isinstance(data.get("metadata"), dict):
+            meta = data["metadata"]
+            if not meta.get("name") and meta.get("generateName"):
+                suffix = "".join(random.choices(string.ascii_lowercase + string.digits, k=5))
+                meta["name"] = f"{meta['generateName']}{suffix}"
+        obj = _objects.validate_object(kind, data, name=None, namespace=namespace)
+        meta = obj["metadata"]
+        if meta.get("resourceVersion"):
+            raise ApiError(
+                500, "InternalError", "resourceVersion should not be set on objects to be created"
+            )
+        if namespace:
+            meta["namespace"] = namespace
+        with self.lock:
+            self._require_namespace(kind, namespace)
+            if _key(kind, namespace, meta["name"]) in self._objects:
+                raise ApiError(
+                    409,
+                    "AlreadyExists",
+                    f'{kind.qualified} "{meta["name"]}" already exists',
+                    {"name": meta["name"], "group": kind.group, "kind": kind.plural},
+                )
+            return _render(self._commit(kind, obj, None, dry_run=dry_run), api_version)
+
+    def write(
+        self,
+        kind: Kind,
+        namespace: str | None,
+        name: str,
+        api_version: str,
+        *,
+        body: Any,
+        content_type: str | None,
+        subresource: str | None,
+        dry_run: bool,
+    ) -> Obj:
+        """PUT (``content_type`` None: ``body`` is the whole object) or PATCH.
+
+        Either way the written object's resourceVersion, when present, is a precondition: a stale
+        one answers 409 Conflict. Without one the write is unconditional, as on a real server.
+        """
+        with self.lock:
+            current = self._existing(kind, namespace, name)
+            if content_type is not None:
+                body = _objects.apply_patch(kind, _render(current, api_version), body, content_type)
+            new = _objects.validate_object(kind, body, name=name, namespace=namespace)
+            wanted = new["metadata"].get("resourceVersion")
+            if wanted and wanted != current["metadata"]["resourceVersion"]:
+                raise _conflict(
+                    kind,
+                    name,
+                    "the object has been modified; please apply your changes to the latest "
+                    "version and try again",
+                )
+            stored = self._commit(kind, new, current, subresource=subresource, dry_run=dry_run)
+            return _render(stored, api_version)
+
+    def delete(
+        self, kind: Kind, namespace: str | None, name: str, options: Any, *, dry_run: bool
+    ) -> Obj:
+        """DELETE, honouring ``preconditions`` in the DeleteOptions body; answers a Status."""
+        preconditions = options.get("preconditions") if isinstance(options, dict) else None
+        with self.lock:
+            meta = self._existing(kind, namespace, name)["metadata"]
+            for field in ("resourceVersion", "uid"):
+                if (preconditions or {}).get(field) not in (None, meta[field]):
+                    raise _conflict(kind, name, f"Precondition failed: {field}")
+            if not dry_run:
+                del self._objects[_key(kind, namespace, name)]
+                if kind.plural == "namespaces" and not kind.group:  # the namespace controller
+                    for key in [k for k in self._objects if k[2] == name]:
+                        del self._objects[key]
+        details = {"name": name, "group": kind.group, "kind": kind.plural, "uid": meta["uid"]}
+        return {
+            "apiVersion": "v1",
+            "kind": "Status",
+            "metadata": {},
+            "status": "Success",
+            "details": details,
+        }
+
+    # --- direct access: setup and assertions (no HTTP, not recorded as writes) ------------
+
+    def apply(self, objs: Iterable[Obj | None]) -> builtins.list[Obj]:
+        """Create or replace parsed manifests (Namespaces first), as ``kubectl apply`` would."""
+        docs = sorted((o for o in objs if o), key=lambda o: o.get("kind") != "Namespace")
+        stored = []
+        with self.lock:
+            for doc in docs:
+                kind = self.kind_for(doc.get("apiVersion", ""), doc.get("kind", ""))
+                obj = copy.deepcopy(doc)
+                meta = obj.setdefault("metadata", {})
+                meta.pop("resourceVersion", None)
+                namespace = meta.setdefault("namespace", "default") if kind.namespaced else None
+                _objects.validate_object(kind, obj, name=None, namespace=namespace)
+                self._require_namespace(kind, namespace)
+                old = self._objects.get(_key(kind, namespace, meta["name"]))
+                stored.append(self._commit(kind, obj, old, dry_run=False))
+        return [copy.deepcopy(obj) for obj in stored]
+
+    def read(
+        self, api_version: str, kind_name: str, namespace: str | None, name: str
+    ) -> Obj | None:
+        """The object as ``api_version`` serves it, or None."""
+        kind = self.kind_for(api_version, kind_name)
+        with self.lock:
+            obj = self._objects.get(_key(kind, namespace, name))
+            return _render(obj, api_version) if obj else None
+
+    def read_all(
+        self, api_version: str, kind_name: str, namespace: str | None = None
+    ) -> builtins.list[Obj]:
+        """Objects of a kind in one namespace (or all), sorted by namespace and name."""
+        kind = self.kind_for(api_version, kind_name)
+        return self.list(kind, namespace, api_version)["items"]  # type: ignore[no-any-return]
+
+    def remove(self, api_version: str, kind_name: str, namespace: str | None, name: str) -> bool:
+        """Delete without a request (e.g. "someone deleted the VirtualService")."""
+        kind = self.kind_for(api_version, kind_name)
+        with self.lock:
+            return self._objects.pop(_key(kind, namespace, name), None) is not None
+
+    def set_deployment_available(self, namespace: str, name: str, available: bool) -> Obj:
+        """Play the deployment controller: all replicas ready, or none; bumps the RV."""
+        kind = self.kind_for("apps/v1", "Deployment")
+        with self.lock:
+            old = self._objects.get(_key(kind, namespace, name))
+            if old is None:
+                raise KeyError(f"deployment {namespace}/{name} not found")
+            if available:
+                self._unavailable.discard((namespace, name))
+            else:
+                self._unavailable.add((namespace, name))
+            return copy.deepcopy(self._commit(kind, old, old, dry_run=False))
+
+    # --- the object lifecycle -------------------------------------------------------------
+
+    def _existing(self, kind: Kind, namespace: str | None, name: str) -> Obj:
+        obj = self._objects.get(_key(kind, namespace, name))
+        if obj is None:
+            raise ApiError(
+                404,
+                "NotFound",
+                f'{kind.qualified} "{name}" not found',
+                {"name": name, "group": kind.group, "kind": kind.plural},
+            )
+        return obj
+
+    def _require_namespace(self, kind: Kind, namespace: str | None) -> None:
+        if kind.namespaced and ("", "namespaces", "", namespace) not in self._objects:
+            raise ApiError(
+                404,
+                "NotFound",
+                f'namespaces "{namespace}" not found',
+                {"name": namespace, "kind": "namespaces"},
+            )
+
+    def _commit(
+        self,
+        kind: Kind,
+        new: Obj,
+        old: Obj | None,
+        *,
+        subresource: str | None = None,
+        dry_run: bool,
+    ) -> Obj:
+        """Store ``new`` in place of ``old``: server-owned metadata, generation, status rules."""
+        new = copy.deepcopy(new)
+        if old is not None and kind.status_subresource:
+            if subresource == "status":  # only the status changes through /status ...
+                new = {**copy.deepcopy(old), "status": new.get("status")}
+            elif "status" in old:  # ... and never through the main resource
+                new["status"] = copy.deepcopy(old["status"])
+            else:
+                new.pop("status", None)
+        new["apiVersion"], new["kind"] = kind.api_version(), kind.kind
+        meta = new["metadata"]
+        if not kind.namespaced:
+            meta.pop("namespace", None)
+        if old is None:
+            meta.update(uid=str(uuid.uuid4()), creationTimestamp=_api.now_rfc3339(), generation=1)
+            if kind.plural == "namespaces" and not kind.group:
+                meta.setdefault("labels", {})["kubernetes.io/metadata.name"] = meta["name"]
+                new["status"] = {"phase": "Active"}
+        else:
+            old_meta = old["metadata"]
+            meta.update(uid=old_meta["uid"], creationTimestamp=old_meta["creationTimestamp"])
+            meta["generation"] = old_meta["generation"] + int(_objects.spec_changed(old, new))
+        if (kind.group, kind.plural) == ("apps", "deployments") and subresource != "status":
+            available = (meta.get("namespace"), meta["name"]) not in self._unavailable
+            new["status"] = _objects.deployment_status(new, available=available)
+        if dry_run:
+            meta["resourceVersion"] = old["metadata"]["resourceVersion"] if old else ""
+            return new
+        self._rv += 1
+        meta["resourceVersion"] = str(self._rv)
+        self._objects[_key(kind, meta.get("namespace"), meta["name"])] = new
+        return new
+
+
+def _key(kind: Kind, namespace: str | None, name: str) -> Key:
+    return (kind.group, kind.plural, (namespace or "") if kind.namespaced else "", name)
+
+
+def _render(obj: Obj, api_version: str) -> Obj:
+    """A copy as served under ``api_version``: the server converts between versions."""
+    rendered = copy.deepcopy(obj)
+    rendered["apiVersion"] = api_version
+    return rendered
+
+
+def _conflict(kind: Kind, name: str, why: str) -> ApiError:
+    return ApiError(
+        409,
+        "Conflict",
+        f'Operation cannot be fulfilled on {kind.qualified} "{name}": {why}',
+        {"name": name, "group": kind.group, "kind": kind.plural},
+    )

@@ -1,0 +1,149 @@
+"""End-to-end fixtures: the sandbox world (API emulator, traffic simulator, real Prometheus) and
+a runner for ``canaryctl`` as a real subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from canaryctl.rollout import ANNOTATION
+from canaryctl.sandbox.world import Sandbox
+
+FAST_POLICY: dict[str, Any] = {
+    "apiVersion": "canaryctl.io/v1alpha1",
+    "kind": "AnalysisPolicy",
+    "metadata": {"name": "e2e"},
+    "spec": {
+        "steps": [20, 40, 60, 80, 100],
+        "interval": "3s",
+        "failureLimit": 0,
+        "minRequests": 10,
+        "inconclusiveLimit": 2,
+        "prometheus": {"timeout": "2s", "retryBudget": "3s"},
+        "metrics": [
+            {"name": "request-success-rate", "min": 99},
+            {"name": "request-duration", "max": 500},
+        ],
+    },
+}
+
+
+@dataclass
+class Run:
+    code: int
+    stdout: str
+    stderr: str
+
+    def json(self) -> dict[str, Any]:
+        lines = [line for line in self.stdout.splitlines() if line.strip()]
+        assert len(lines) == 1, f"stdout must be exactly one JSON object, got {self.stdout!r}"
+        data = json.loads(lines[0])
+        assert isinstance(data, dict)
+        return data
+
+
+class World:
+    """One sandbox plus helpers to run canaryctl against it and read what it wrote."""
+
+    def __init__(self, sandbox: Sandbox, tmp: Path) -> None:
+        self.sb = sandbox
+        self.tmp = tmp
+        self.kubeconfig = str(sandbox.kubeconfig)
+
+    def policy(self, **spec: Any) -> Path:
+        doc = json.loads(json.dumps(FAST_POLICY))
+        doc["spec"].update(spec)
+        path = self.tmp / f"policy-{len(list(self.tmp.glob('policy-*')))}.yaml"
+        path.write_text(yaml.safe_dump(doc))
+        return path
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["KUBECONFIG"] = self.kubeconfig
+        env["CANARYCTL_KUBE_RETRY_SECONDS"] = "3"
+        env.pop("KUBERNETES_SERVICE_HOST", None)
+        return env
+
+    def argv(self, *args: str, prometheus: bool = True) -> list[str]:
+        extra = ["--prometheus-url", self.sb.prometheus.url] if prometheus else []
+        return [sys.executable, "-m", "canaryctl", *args, *extra]
+
+    def run(self, *args: str, timeout: float = 120, prometheus: bool = True) -> Run:
+        proc = subprocess.run(
+            self.argv(*args, prometheus=prometheus),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=self.env(),
+            check=False,
+        )
+        return Run(proc.returncode, proc.stdout, proc.stderr)
+
+    def popen(self, *args: str) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            self.argv(*args),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=self.env(),
+        )
+
+    def vs(self) -> dict[str, Any]:
+        obj = self.sb.emulator.get(
+            "networking.istio.io/v1", "VirtualService", "istio-apl", "rest-apl-vs"
+        )
+        assert obj is not None
+        return obj
+
+    def weights(self) -> list[tuple[str, int]]:
+        """(subset, weight) of the split route now."""
+        route = self.vs()["spec"]["http"][0]["route"]
+        return [(d["destination"].get("subset", ""), int(d.get("weight", 0))) for d in route]
+
+    def state(self) -> dict[str, Any] | None:
+        text = (self.vs()["metadata"].get("annotations") or {}).get(ANNOTATION)
+        return json.loads(text) if text else None
+
+    def vs_writes(self) -> list[Any]:
+        return [
+            w
+            for w in self.sb.emulator.writes
+            if "virtualservices" in w.path and w.method == "PATCH" and w.status < 300
+        ]
+
+    def written_weights(self) -> list[int]:
+        """The canary weight of every successful VirtualService write, in order."""
+        out = []
+        for w in self.vs_writes():
+            for op in w.body:
+                if op.get("path", "").endswith("canaryctl.io~1rollout") and "value" in op:
+                    out.append(json.loads(op["value"])["weight"])
+        return out
+
+    def stop_prometheus(self) -> None:
+        """Prometheus goes away (the process is killed; its port refuses connections)."""
+        proc = self.sb.prometheus._process
+        assert proc is not None
+        proc.kill()
+        proc.wait()
+
+    def cluster_writes(self) -> list[Any]:
+        return [w for w in self.sb.emulator.writes if w.status < 400]
+
+
+@pytest.fixture
+def world(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[World]:
+    scenario = getattr(request, "param", "healthy")
+    with Sandbox(scenario=scenario) as sandbox:
+        sandbox.wait_ready()
+        sandbox.emulator.clear_writes()
+        yield World(sandbox, tmp_path)

@@ -1,0 +1,187 @@
+"""``canaryctl promote`` as a real subprocess against the emulator and a real Prometheus."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.e2e.conftest import World
+from tests.istio_schema import validate_virtual_service
+
+
+def test_healthy_canary_is_promoted_through_every_step_in_order(world: World) -> None:
+    """A healthy canary exits 0 and the weights written are 20, 40, 60, 80, 100 in order."""
+    res = world.run(
+        "promote", "rest-apl", "-n", "istio-apl", "--policy", str(world.policy()), "-o", "json"
+    )
+    assert res.code == 0, res.stderr
+    data = res.json()
+    assert data["result"] == "promoted"
+    assert (data["stable"], data["canary"]) == ("rest-apl/v1", "rest-apl/v2")
+    assert world.written_weights() == [20, 40, 60, 80, 100, 100]
+    assert [s["weight"] for s in data["steps"]] == [20, 40, 60, 80, 100]
+    assert all(s["verdict"] == "pass" for s in data["steps"])
+    for step in data["steps"]:
+        for m in step["metrics"]:
+            assert m["requests"] >= 10 and m["value"] is not None and m["threshold"]
+    assert world.weights() == [("v1", 0), ("v2", 100)]
+    assert world.state()["phase"] == "Promoted"
+    validate_virtual_service(world.vs())
+
+
+@pytest.mark.parametrize("world", ["errors", "latency"], indirect=True)
+def test_bad_canary_is_rolled_back_at_the_first_step(world: World) -> None:
+    """A 25 %-error or 900 ms canary exits 1; the history ends at 0, never past step two."""
+    res = world.run(
+        "promote", "rest-apl", "-n", "istio-apl", "--policy", str(world.policy()), "-o", "json"
+    )
+    assert res.code == 1, res.stderr
+    data = res.json()
+    assert data["result"] == "rolled_back"
+    written = world.written_weights()
+    assert written[-1] == 0
+    assert max(written) <= 40
+    failing = data["steps"][-1]["metrics"]
+    metric = "request-success-rate" if world.sb.scenario == "errors" else "request-duration"
+    assert any(m["name"] == metric and m["verdict"] == "fail" for m in failing)
+    assert world.weights() == [("v1", 100), ("v2", 0)]
+    validate_virtual_service(world.vs())
+
+
+def test_no_canary_traffic_never_promotes(world: World) -> None:
+    """Without traffic every analysis is inconclusive: held, then rolled back, never promoted."""
+    world.sb.traffic.pause()
+    res = world.run(
+        "promote",
+        "rest-apl",
+        "-n",
+        "istio-apl",
+        "--policy",
+        str(world.policy(inconclusiveLimit=1)),
+        "-o",
+        "json",
+    )
+    assert res.code == 1, res.stderr
+    data = res.json()
+    assert [s["verdict"] for s in data["steps"]] == ["inconclusive", "inconclusive"]
+    assert "inconclusive" in data["reason"]
+    assert world.written_weights() == [20, 20, 0]
+    assert world.weights() == [("v1", 100), ("v2", 0)]
+
+
+def test_unreachable_prometheus_exits_3_before_any_write(world: World) -> None:
+    """Prometheus down at the start: exit 3 after the retry budget, nothing shifted."""
+    res = world.run(
+        "promote",
+        "rest-apl",
+        "-n",
+        "istio-apl",
+        "--policy",
+        str(world.policy()),
+        "--prometheus-url",
+        "http://127.0.0.1:9",
+        "-o",
+        "json",
+        prometheus=False,
+    )
+    assert res.code == 3, res.stderr
+    assert res.json()["result"] == "error"
+    assert "Prometheus" in res.stderr and "Traceback" not in res.stderr
+    assert world.cluster_writes() == []
+    assert world.weights() == [("v1", 80), ("v2", 20)]
+
+
+def test_prometheus_lost_mid_rollout_puts_traffic_back_on_stable(world: World) -> None:
+    """Prometheus dies after the first step: exit 3, weights 100/0, phase Failed with reason."""
+    proc = world.popen(
+        "promote",
+        "rest-apl",
+        "-n",
+        "istio-apl",
+        "--policy",
+        str(world.policy(interval="4s")),
+        "-o",
+        "json",
+    )
+    try:
+        deadline_weights: list[int] = []
+        import time
+
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not deadline_weights:
+            deadline_weights = world.written_weights()
+            time.sleep(0.1)
+        assert deadline_weights == [20]
+        world.stop_prometheus()
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 3, err
+    state = world.state()
+    assert state is not None and state["phase"] == "Failed"
+    assert "metrics unavailable" in state["reason"]
+    assert world.weights() == [("v1", 100), ("v2", 0)]
+    assert '"result": "error"' in out
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["promote", "no-such-app", "-n", "istio-apl"], "no-such-app"),
+        (["promote", "rest-apl", "-n", "istio-apl", "--canary", "v9"], "v9"),
+        (["promote", "rest-apl", "-n", "istio-apl", "--virtual-service", "nope"], "nope"),
+        (
+            ["promote", "rest-apl", "-n", "istio-apl", "--policy", "/no/such/policy.yaml"],
+            "--policy",
+        ),
+    ],
+)
+def test_invalid_input_exits_2_with_zero_writes(world: World, args: list[str], needle: str) -> None:
+    """Unknown app, unknown subset, unknown VirtualService, missing policy: exit 2, no write."""
+    if "--policy" not in args:
+        args = [*args, "--policy", str(world.policy())]
+    res = world.run(*args)
+    assert res.code == 2, res.stderr
+    assert needle in res.stderr
+    assert "Traceback" not in res.stderr
+    assert len(res.stderr.strip().splitlines()[-1]) < 400
+    assert world.cluster_writes() == []
+
+
+def test_bad_policy_exits_2_naming_the_field_with_zero_writes(world: World) -> None:
+    """A policy with steps out of order is rejected before any cluster access."""
+    path = world.policy(steps=[40, 20, 100])
+    res = world.run("promote", "rest-apl", "-n", "istio-apl", "--policy", str(path))
+    assert res.code == 2
+    assert "spec.steps: must be strictly increasing and end at 100, got [40, 20, 100]" in res.stderr
+    assert world.cluster_writes() == []
+
+
+def test_unavailable_canary_fails_preflight(world: World) -> None:
+    """A canary Deployment with no available replicas: exit 2 before anything is written."""
+    world.sb.emulator.set_deployment_available("istio-apl", "rest-apl-v2", False)
+    world.sb.emulator.clear_writes()
+    res = world.run("promote", "rest-apl", "-n", "istio-apl", "--policy", str(world.policy()))
+    assert res.code == 2
+    assert "rest-apl-v2" in res.stderr and "not available" in res.stderr
+    assert world.cluster_writes() == []
+
+
+def test_dry_run_prints_the_plan_and_writes_nothing(world: World) -> None:
+    """--dry-run shows the steps and the first JSON patch; the cluster is untouched."""
+    res = world.run(
+        "promote",
+        "rest-apl",
+        "-n",
+        "istio-apl",
+        "--policy",
+        str(world.policy()),
+        "--dry-run",
+        "-o",
+        "json",
+    )
+    assert res.code == 0, res.stderr
+    plan = res.json()["plan"]
+    assert plan["steps"] == [20, 40, 60, 80, 100]
+    assert plan["firstPatch"][0]["path"] == "/metadata/resourceVersion"
+    assert plan["weightsAfterFirstPatch"] == [[80, 20]]
+    assert world.cluster_writes() == []
