@@ -38,7 +38,7 @@ GATE_RHO = 3.0  # (c) promotion gate: upper confidence bound of rho below this
 ISTIO_BUCKETS_MS = (0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000,
                     60000, 300000, 600000, 1800000, 3600000)  # fmt: skip
 RUNNING, PROMOTED, ROLLED_BACK, ABORTED = 0, 1, 2, 3
-SAMPLE_RUNS = 10  # runs per cell checked against canaryctl.stats at every interval
+SAMPLE_RUNS = 6  # runs per cell checked against canaryctl.stats at every interval
 
 
 # --- scenarios ------------------------------------------------------------------------------
@@ -207,13 +207,18 @@ class Twin:
             return e1 * _logsig(x) + e2 * _logsig(-x)
 
         t = self.t[idx]
-        log_pi = np.where(t == 0, -math.log(2), -np.log(2.0 * t * (t + 1)))
+        log_pi = np.where(t == 0, -math.log(2), -np.log(2.0 * np.maximum(t, 1) * (t + 1)))
         llr = ll(self.u) - ll(np.float64(self.u0))[:, None]
         self.log_a[idx] = np.logaddexp(self.log_a[idx], log_pi[:, None]) + llr
         self.t[idx] += 1
         self.cs[idx] += ll(self.cu)
         self.lg[idx] += ll(np.float64(self.ug))
         self.score_g[idx] += ec - (ec + es) * np.exp(_logsig(self.ug + a))
+
+    def reset_gate(self, idx: np.ndarray) -> None:
+        self.cs[idx] = 0.0
+        self.lg[idx] = 0.0
+        self.score_g[idx] = 0.0
 
     def log_e(self, idx: np.ndarray) -> np.ndarray:
         log_tail = -np.log(2.0 * self.t[idx])[:, None]
@@ -255,8 +260,11 @@ class Design:
     floor: str = "wilson+stable"  # "none" | "point" | "wilson" | "wilson+stable"
     floor_conf: float = 1 - ALPHA
     gate: float | None = GATE_RHO
-    gate_from_weight: int = 40
-    max_dwell: int = 6  # extra intervals a step may hold for the gate
+    gate_from_weight: int = 60
+    gate_window: str = "step"  # CS over data since the weight was set, or "rollout"
+    max_dwell: int = 8  # extra intervals a step may hold for the gate
+    gate_min_errors: float = 30.0  # dwell only if max_dwell intervals would see this many errors
+    floor_holds: int = 2  # floor breaches without concurrent stable data: hold up to this many
     deadline: int = 60  # intervals; then abort (insufficient traffic)
     extra: dict[str, object] = field(default_factory=dict)
 
@@ -280,6 +288,8 @@ def simulate(cell: Cell, policy: str, runs: int, seed: int, sec: float, design: 
     failures = np.zeros(runs, int)
     holds = np.zeros(runs, int)
     dwell = np.zeros(runs, int)
+    step_start = np.zeros(runs, int)
+    fholds = np.zeros(runs, int)  # interval at which the current weight was set
     # window since the weight was set, per metric: nc, bc, ns, bs (+ histograms)
     win = np.zeros((nm, 4, runs))
     nb = len(ISTIO_BUCKETS_MS) + 1
@@ -345,6 +355,7 @@ def simulate(cell: Cell, policy: str, runs: int, seed: int, sec: float, design: 
             advance = ~rollback
         else:  # (c) canaryctl sequential
             gate_ok = np.ones(idx.size, bool)
+            floor_hold = np.zeros(idx.size, bool)
             for m, c in enumerate(cs):
                 tw = twins[m]
                 tw.update(idx, c)
@@ -353,21 +364,33 @@ def simulate(cell: Cell, policy: str, runs: int, seed: int, sec: float, design: 
                 why = np.where(rej & (why == 0), 2, why)
                 gate_ok &= tw.gate_ok(idx)
                 fb = floor_breach(win[m][:, idx], cum[m][:, idx], design)
-                fb &= ~rej & ~rollback
+                conc = concurrent_stable(win[m][:, idx], design)
+                # no concurrent stable data: a breach may be the environment's -> hold, re-check
+                floor_hold |= fb & ~conc
+                fb &= conc & ~rej & ~rollback
                 rollback |= fb
                 why = np.where(fb & (why == 0), 3, why)
-                _check_sample(cell, t, idx, c, m, tw, hist[m], alpha, design, win[m], cum[m])
+                _check_sample(cell, t, idx, c, tw, hist[m], alpha, design, win[m], cum[m], step_start)
             few = win[0, 0, idx] < design.min_requests
             holds[idx] = np.where(few, holds[idx] + 1, 0)
             if design.hold_limit is not None:
                 nodata = holds[idx] > design.hold_limit
                 why = np.where(nodata & ~rollback, 4, why)
                 rollback |= nodata
+            fholds[idx] = np.where(floor_hold, fholds[idx] + 1, 0)
+            fail_floor = (fholds[idx] > design.floor_holds) & ~rollback
+            why = np.where(fail_floor, 3, why)
+            rollback |= fail_floor
             need_gate = np.zeros(idx.size, bool)
             if design.gate is not None:
                 at = np.array(WEIGHTS)[step[idx]] >= design.gate_from_weight
-                need_gate = at & ~last & ~gate_ok & (dwell[idx] < design.max_dwell)
-            advance = ~few & ~need_gate
+                # dwell only where it can be informative: stable's error rate so far x this
+                # interval's requests x max_dwell >= gate_min_errors (independent of the canary)
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    r_s = np.nan_to_num(cum[0, 3, idx] / cum[0, 2, idx])
+                useful = r_s * (c0.nc + c0.ns) * design.max_dwell >= design.gate_min_errors
+                need_gate = at & ~last & ~gate_ok & useful & (dwell[idx] < design.max_dwell)
+            advance = ~few & ~need_gate & ~floor_hold
             dwell[idx] = np.where(~few & need_gate, dwell[idx] + 1, dwell[idx])
         rollback &= status[idx] == RUNNING
         promote = ~rollback & advance & last
@@ -383,6 +406,10 @@ def simulate(cell: Cell, policy: str, runs: int, seed: int, sec: float, design: 
         win_h[clear] = 0
         if policy == "c":
             dwell[idx[adv]] = 0
+            step_start[idx[adv]] = t + 1
+            if design.gate_window == "step":
+                for tw in twins:
+                    tw.reset_gate(idx[adv])
     left = status == RUNNING
     status[left] = ABORTED
     reason[left] = 4
@@ -414,18 +441,23 @@ def floor_breach(w: np.ndarray, cum: np.ndarray, design: Design) -> np.ndarray:
     return breach
 
 
+def concurrent_stable(w: np.ndarray, design: Design) -> np.ndarray:
+    """The window has its own stable reference (>= min_requests stable requests)."""
+    return w[2] >= design.min_requests
+
+
 def _check_sample(
     cell: Cell,
     t: int,
     idx: np.ndarray,
     c: Counts,
-    m: int,
     tw: Twin,
     hist: list[list[stats.StepCounts]],
     alpha: float,
     design: Design,
     win: np.ndarray,
     cum: np.ndarray,
+    step_start: np.ndarray,
 ) -> None:
     """Assert that the twin agrees with canaryctl.stats on the sampled runs."""
     pos = np.nonzero(idx < len(hist))[0]
@@ -442,7 +474,11 @@ def _check_sample(
         if abs(le - math.log(res.threshold)) > 1e-7:
             assert res.reject == (le >= math.log(res.threshold)), (cell.label, t)
         if design.gate is not None:
-            assert bool(g) == (res.ratio_ci[1] < design.gate), (cell.label, t, res.ratio_ci)
+            if design.gate_window == "step":
+                ci = stats.sequential_test(hist[r][step_start[r] :], psi0=PSI0, alpha=alpha).ratio_ci
+            else:
+                ci = res.ratio_ci
+            assert bool(g) == (ci[1] < design.gate), (cell.label, t, ci)
         if design.floor == "wilson+stable":
             nc, bc, ns, bs = (int(x) for x in win[:, r])
             lo_hi = stats.wilson_interval(nc - bc, nc, design.floor_conf)
@@ -656,6 +692,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="300 runs, for a smoke test")
     ap.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1))
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
+    ap.add_argument("--only", default="", help="only cells whose label contains this")
     ap.add_argument("--design", default="", help="override (c) knobs, e.g. 'gate=None,max_dwell=0'")
     args = ap.parse_args()
     runs = 300 if args.quick else args.runs
@@ -664,7 +701,8 @@ def main() -> None:
         k, v = kv.split("=")
         design = replace(design, **{k: eval(v) if v not in ("wilson", "point", "none", "wilson+stable") else v})
     t0 = time.time()
-    todo = [(i, c, runs, args.seed, args.interval, design) for i, c in enumerate(cells())]
+    todo = [(i, c, runs, args.seed, args.interval, design) for i, c in enumerate(cells())
+            if args.only in c.label]
     with ProcessPoolExecutor(args.jobs) as ex:
         results = list(ex.map(run_cell, todo))
     el = time.time() - t0

@@ -1,46 +1,38 @@
 """Flagger-style webhooks: what a rollout asks or tells other systems (an edge: HTTP I/O).
 
-Why: metrics alone cannot ask a human for approval, start a load test or tell a deploy
-pipeline that a rollout ended. The policy lists webhooks (``spec.webhooks``); the controller
-calls them at fixed points of the rollout:
+Why: metrics alone cannot ask a human for approval, drive a load test or tell a pipeline that
+a rollout ended. The policy lists webhooks (``spec.webhooks``); the controller calls them:
 
-- ``pre-rollout``: before the first traffic shift. Every one must answer 2xx, else the rollout
-  does not start (nothing is written).
-- ``rollout``: at every analysis, before the metrics are read. A failing one is returned to the
-  controller; we recommend counting it as a failed analysis, as Flagger does
-  (``as_failed_checks``), so ``failureLimit`` applies to it like to any metric.
-- ``confirm-step`` / ``confirm-promotion``: gates, asked before each weight increase / before
-  the final shift to 100%. A gate is open only while every gate of its kind answers 2xx.
-  With ``maxWait``, a gate that has not opened within that time (counted from when the
-  controller first asked at this step) *expires*: the controller rolls the rollout back. Without
-  it the rollout waits (at its current weight) for as long as it takes.
-- ``rollback``: asked at every analysis; any 2xx answer rolls the rollout back at once.
-- ``post-rollout``: once, after Promoted / RolledBack / Failed; fire-and-forget.
+- ``pre-rollout``: before the first traffic shift; all must answer 2xx or nothing starts.
+- ``rollout``: at every analysis. Failures are returned; we recommend counting them as a
+  failed analysis, as Flagger does (``as_failed_checks``), so ``failureLimit`` applies.
+- ``confirm-step`` / ``confirm-promotion``: gates before each weight increase / the promotion,
+  open only while every gate of the kind answers 2xx. A gate with ``maxWait`` still closed
+  that long after it was first asked at this step *expires*: the rollout is rolled back.
+  Without ``maxWait`` the rollout waits at its current weight as long as it takes.
+- ``rollback``: asked at every analysis; any 2xx rolls the rollout back at once.
+- ``post-rollout``: once after Promoted / RolledBack / Failed; fire-and-forget.
 
-Safety rule: a failure -- 4xx, 5xx after retries, timeout, refused connection, redirect, any
-exception -- is NEVER an approval, and ``call`` never raises: a webhook can hold or end a
-rollout but never crash the controller. Only connection errors, timeouts and 5xx are retried
-(0.2 s backoff, doubling, at most 2 s between attempts); a 4xx is an answer.
-
-Payload (JSON, POSTed; ``payload_schema()`` is its JSON Schema)::
+A failure (4xx, 5xx after retries, timeout, refused connection, redirect, any exception) is
+NEVER an approval, and ``call`` never raises: a webhook may hold or end a rollout, never crash
+the controller. Connection errors, timeouts and 5xx are retried (backoff 0.2 s doubling, max
+2 s). Payload (POSTed JSON; ``payload_schema()`` is its JSON Schema)::
 
     {"name": "approve", "type": "confirm-step", "app": "reviews", "namespace": "shop",
      "virtualService": "reviews", "phase": "Progressing", "step": 2, "stepsTotal": 5,
      "canaryWeight": 40, "stableWeight": 60, "canary": "reviews/v2", "stable": "reviews/v1",
-     "metadata": {...},                                   # the webhook's own metadata
-     "outcome": "promoted|rolled_back|failed", "reason": "..."}   # post-rollout only
+     "metadata": {...},                                            # the webhook's metadata
+     "outcome": "promoted|rolled_back|failed", "reason": "..."}    # post-rollout only
 
-``canary`` / ``stable`` are ``host/subset`` (just ``host`` in host mode).
-
-Secrets: URLs may carry credentials (``user:pass@`` becomes basic auth) or tokens in their
-path (Slack). Logs only ever show ``scheme://host:port``; errors name the exception class and
-OS reason, never its message (requests quotes the URL path in it); headers are never logged.
+``canary``/``stable`` are ``host/subset`` (``host`` in host mode). URLs may hold secrets
+(``user:pass@`` is sent as basic auth; Slack puts tokens in the path): logs show only
+``scheme://host:port``, errors only the exception class and OS reason (requests quotes the
+URL path in its messages), and headers are never logged.
 """
 
 from __future__ import annotations
 
 import re
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -67,49 +59,43 @@ Outcome = Literal["promoted", "rolled_back", "failed"]
 HOOK_TYPES: tuple[str, ...] = get_args(HookType)
 GATE_KINDS: tuple[str, ...] = get_args(GateKind)
 OUTCOMES: tuple[str, ...] = get_args(Outcome)
-_OUTCOME_OF_PHASE = {"Promoted": "promoted", "RolledBack": "rolled_back", "Failed": "failed"}
+PHASES = ("Progressing", "Paused", "Promoted", "RolledBack", "Failed")
 _NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
-_USERINFO_RE = re.compile(r"(//)[^/@\s]*@")
-_UA = {"User-Agent": "canaryctl-webhook/1"}
+_USERINFO_RE = re.compile(r"//[^/@\s]*@")
+# No redirects (a redirect is not an approval); the body is never read (stream).
+_UA = {"User-Agent": "canaryctl"}
+_POST: dict[str, Any] = {"allow_redirects": False, "stream": True, "headers": _UA}
 Session = requests.Session
-Label = dict[str, Any]
-
+SPEC_CONFIG = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)  # as policy.py
 Duration = Annotated[str, Field(description="Duration: 500ms, 4s, 30s, 1m, 1h, 1m30s")]
 
 
 def seconds(text: str) -> float:
-    from canaryctl.policy import parse_duration  # lazy: policy.py imports this module
+    from canaryctl import policy  # lazy: policy.py imports this module
 
-    return parse_duration(text)
+    return policy.parse_duration(text)
 
 
 def endpoint(url: str) -> str:
     """What logs may show of a URL: ``scheme://host:port`` (no credentials, path or query)."""
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname or "?"
-        port = f":{parts.port}" if parts.port else ""
-    except ValueError:
-        return "<invalid url>"
-    host = f"[{host}]" if ":" in host else host
-    return f"{parts.scheme}://{host}{port}"
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"
 
 
 def check_name(v: str) -> str:
-    if not isinstance(v, str) or not _NAME_RE.match(v):
+    if not _NAME_RE.match(v):
         raise ValueError(f"must be a DNS-1123 label (a-z, 0-9, '-'), got {v!r}")
     return v
 
 
 def check_url(v: str) -> str:
-    shown = _USERINFO_RE.sub(r"\1***@", str(v))[:120]  # a policy error must not print a password
     try:
         parts = urlsplit(v)
-        _ = parts.port  # raises on a non-numeric port
-    except ValueError:
-        raise ValueError(f"must be an http(s) URL, got {shown!r}") from None
-    if parts.scheme not in ("http", "https") or not parts.hostname or re.search(r"\s", v):
-        raise ValueError(f"must be an http(s) URL, got {shown!r}")
+        ok = parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != 0
+    except ValueError:  # e.g. a non-numeric port
+        ok = False
+    if not ok or re.search(r"\s", v):  # the message must not print a password
+        raise ValueError(f"must be an http(s) URL, got {_USERINFO_RE.sub('//***@', v)[:120]!r}")
     return v
 
 
@@ -127,35 +113,25 @@ def unique_names(items: list[Any]) -> list[Any]:
     return items
 
 
-class _Spec(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
-
-
-class WebhookSpec(_Spec):
+class WebhookSpec(BaseModel):
     """One webhook of the policy (``spec.webhooks[]``)."""
+
+    model_config = SPEC_CONFIG
 
     name: str = Field(description="DNS-1123 label, unique among the webhooks; shown in logs")
     type: HookType = Field(
-        description="pre-rollout: must pass before traffic moves; rollout: a check at every "
-        "analysis; confirm-step / confirm-promotion: gates before a weight increase / the "
-        "promotion; rollback: 2xx rolls back; post-rollout: told the outcome"
+        description="pre-rollout / rollout: checks; confirm-step / confirm-promotion: gates; "
+        "rollback: a 2xx answer rolls back; post-rollout: told the outcome"
     )
     url: str = Field(description="http(s) URL the JSON payload is POSTed to")
     timeout: Duration = Field(default="10s", description="Timeout of one attempt")
-    retries: int = Field(
-        default=2,
-        ge=0,
-        le=10,
-        description="Extra attempts after a connection error, timeout or 5xx (a 4xx is final)",
-    )
+    retries: int = Field(default=2, ge=0, le=10, description="Extra attempts on errors and 5xx")
     maxWait: Duration | None = Field(
         default=None,
         description="Gates only: when the gate has not answered 2xx for this long at one "
         "step, the rollout is rolled back; unset: wait as long as it takes",
     )
-    metadata: dict[str, str] = Field(
-        default_factory=dict, description="Copied into the payload's metadata"
-    )
+    metadata: dict[str, str] = Field(default_factory=dict, description="Sent in the payload")
 
     _name = field_validator("name")(check_name)
     _url = field_validator("url")(check_url)
@@ -164,10 +140,7 @@ class WebhookSpec(_Spec):
     @model_validator(mode="after")
     def _gate_only(self) -> WebhookSpec:
         if self.maxWait is not None and self.type not in GATE_KINDS:
-            raise ValueError(
-                f"webhook {self.name}: maxWait only applies to {' and '.join(GATE_KINDS)} "
-                f"webhooks, not {self.type}"
-            )
+            raise ValueError(f"webhook {self.name}: maxWait is for gates only, not {self.type}")
         return self
 
 
@@ -176,9 +149,8 @@ Webhooks = Annotated[list[WebhookSpec], AfterValidator(unique_names)]
 
 
 def specs_from_policy(policy: dict[str, Any]) -> list[WebhookSpec]:
-    """The webhooks of a stored policy snapshot (a running rollout keeps the ones it began with)."""
-    raw = (policy.get("spec") or {}).get("webhooks") or []
-    return [WebhookSpec.model_validate(d) for d in raw]
+    """The webhooks of a stored policy snapshot (a running rollout keeps those it began with)."""
+    return [WebhookSpec.model_validate(d) for d in policy["spec"].get("webhooks") or []]
 
 
 @dataclass(frozen=True)
@@ -203,7 +175,8 @@ def dest(d: dict[str, str | None]) -> str:
 
 
 def outcome_of(state: RolloutState) -> Outcome | None:
-    return _OUTCOME_OF_PHASE.get(state.phase)  # type: ignore[return-value]
+    found = {"Promoted": "promoted", "RolledBack": "rolled_back", "Failed": "failed"}
+    return found.get(state.phase)  # type: ignore[return-value]
 
 
 def build_payload(
@@ -236,16 +209,16 @@ def build_payload(
 
 
 def payload_schema() -> dict[str, Any]:
-    """JSON Schema of the payload, for the teams writing webhook receivers."""
+    """JSON Schema (2020-12) of the payload, for the teams writing webhook receivers."""
     text = {"type": "string", "minLength": 1}
     weight = {"type": "integer", "minimum": 0, "maximum": 100}
-    properties: dict[str, Any] = {
+    props: dict[str, Any] = {
         "name": text,
         "type": {"enum": list(HOOK_TYPES)},
         "app": text,
         "namespace": text,
         "virtualService": text,
-        "phase": {"enum": ["Progressing", "Paused", "Promoted", "RolledBack", "Failed"]},
+        "phase": {"enum": list(PHASES)},
         "step": {"type": "integer", "minimum": 1, "description": "1-based"},
         "stepsTotal": {"type": "integer", "minimum": 1},
         "canaryWeight": weight,
@@ -258,11 +231,10 @@ def payload_schema() -> dict[str, Any]:
     }
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
-        "$id": "https://canaryctl.io/schemas/webhook-payload-v1.json",
         "title": "canaryctl webhook payload",
         "type": "object",
-        "properties": properties,
-        "required": [k for k in properties if k not in ("outcome", "reason")],
+        "properties": props,
+        "required": [k for k in props if k not in ("outcome", "reason")],
         "additionalProperties": False,
         "if": {"properties": {"type": {"const": "post-rollout"}}},
         "then": {"required": ["outcome", "reason"]},
@@ -271,47 +243,31 @@ def payload_schema() -> dict[str, Any]:
 
 
 class _Retryable(Exception):
-    def __init__(self, status: int | None, error: str):
-        super().__init__(error)
-        self.status, self.error = status, error
+    """A connection error, timeout or 5xx: worth another attempt. ``args``: (status, error)."""
 
 
 def describe(exc: BaseException) -> str:
     """Exception class plus the OS reason found in its chain; never the message (URLs)."""
-    todo, seen = [exc], set()
-    while todo and len(seen) < 20:
-        e = todo.pop(0)
+    todo = [exc]
+    for e in todo:  # breadth-first over causes, contexts, urllib3 reasons and args
         if isinstance(e, OSError) and isinstance(e.strerror, str) and e.strerror:
             return f"{type(exc).__name__} ({e.strerror})"
-        seen.add(id(e))
         linked = (e.__cause__, e.__context__, getattr(e, "reason", None), *e.args)
-        todo += [x for x in linked if isinstance(x, BaseException) and id(x) not in seen]
+        todo += [x for x in linked if isinstance(x, BaseException) and x not in todo][:3]
     return type(exc).__name__
 
 
-def _attempt(session: requests.Session, url: str, body: Any, timeout: float) -> int:
-    try:  # no redirects (a redirect is not an approval); the body is never read (stream)
-        with session.post(
-            url, json=body, timeout=timeout, allow_redirects=False, stream=True, headers=_UA
-        ) as resp:
-            status = int(resp.status_code)
-    except (requests.ConnectionError, requests.Timeout) as exc:
-        raise _Retryable(None, describe(exc)) from None
-    if status >= 500:
-        raise _Retryable(status, f"HTTP {status}")
-    return status
-
-
 def post_json(
-    url: str, body: Any, *, timeout: float, retries: int, session: Session | None, label: Label
+    url: str, body: Any, *, timeout: float, retries: int, session: Session | None, **label: Any
 ) -> HookResult:
-    """POST ``body`` with retries; ``ok`` only for 2xx. Never raises (notify uses it too)."""
+    """POST ``body`` with retries; ``ok`` only for 2xx. Never raises (notify uses it too).
+    ``label`` (name, type, endpoint: never the URL) goes into the retry logs."""
     attempts, name = 0, str(label.get("name", ""))
     s = session if session is not None else requests.Session()
 
     def before_sleep(rs: RetryCallState) -> None:
         exc = rs.outcome.exception() if rs.outcome else None
-        err = exc.error if isinstance(exc, _Retryable) else type(exc).__name__
+        err = exc.args[1] if isinstance(exc, _Retryable) else type(exc).__name__
         log.info("http.retry", **label, attempt=rs.attempt_number, error=err)
 
     try:
@@ -324,9 +280,15 @@ def post_json(
         ):
             with attempt:
                 attempts += 1
-                status = _attempt(s, url, body, timeout)
+                try:
+                    with s.post(url, json=body, timeout=timeout, **_POST) as resp:
+                        status = int(resp.status_code)
+                except (requests.ConnectionError, requests.Timeout) as exc:
+                    raise _Retryable(None, describe(exc)) from None
+                if status >= 500:
+                    raise _Retryable(status, f"HTTP {status}")
     except _Retryable as exc:
-        return HookResult(False, exc.status, exc.error, attempts, name)
+        return HookResult(False, exc.args[0], exc.args[1], attempts, name)
     except Exception as exc:  # never raises: a webhook must not crash the controller
         return HookResult(False, None, describe(exc), attempts, name)
     finally:
@@ -336,36 +298,31 @@ def post_json(
     return HookResult(ok, status, None if ok else f"HTTP {status}", attempts, name)
 
 
-def call(
-    hook: WebhookSpec, payload: dict[str, Any], *, session: Session | None = None
-) -> HookResult:
+def call(hook: WebhookSpec, payload: Any, *, session: Session | None = None) -> HookResult:
     """Call one webhook and log the answer. Never raises; a failure is never approval."""
     label = {"name": hook.name, "type": hook.type, "endpoint": endpoint(hook.url)}
-    timeout = seconds(hook.timeout)
-    r = post_json(
-        hook.url, payload, timeout=timeout, retries=hook.retries, session=session, label=label
-    )
+    timeout, retries = seconds(hook.timeout), hook.retries
+    r = post_json(hook.url, payload, timeout=timeout, retries=retries, session=session, **label)
     log.info("webhook", **label, status=r.status, ok=r.ok, attempts=r.attempts, error=r.error)
     return r
 
 
 def as_failed_checks(results: Sequence[HookResult]) -> list[MetricResult]:
-    """Failed ``rollout`` webhooks as failing checks, to add to the analysis' metric results."""
+    """Failed ``rollout`` webhooks as failing checks, to add to an analysis' metric results."""
     from canaryctl.analysis import MetricResult
 
+    why = "rollout webhook {} failed: {}".format
     return [
-        MetricResult(f"webhook-{r.name}", "fail", None, None, "2xx", None, f"{r.name}: {r.error}")
+        MetricResult(f"webhook-{r.name}", "fail", None, None, "2xx", None, why(r.name, r.error))
         for r in results
         if not r.ok
     ]
 
 
 class HookRunner:
-    """Calls the webhooks at the controller's points and remembers since when gates wait.
-
+    """Calls the webhooks at the controller's points; remembers since when gates wait.
     Without ``hooks`` they come from each rollout's stored policy snapshot, so one runner
-    serves every rollout of a process (reconcile, daemon). ``clock`` times gate waits only.
-    """
+    serves every rollout of a process (reconcile, daemon). ``clock`` times gate waits only."""
 
     def __init__(
         self,
@@ -376,24 +333,21 @@ class HookRunner:
     ) -> None:
         self._hooks = None if hooks is None else tuple(hooks)
         self._clock, self._session = clock, session
-        self._lock = threading.Lock()
         self._waiting: dict[tuple[Any, ...], float] = {}
 
     def hooks_of(self, state: RolloutState, kind: str) -> list[WebhookSpec]:
         hooks = self._hooks if self._hooks is not None else specs_from_policy(state.policy)
         return [h for h in hooks if h.type == kind]
 
-    def _fire(
-        self, hook: WebhookSpec, state: RolloutState, outcome: Outcome | None = None
-    ) -> HookResult:
+    def _fire(self, hook: WebhookSpec, state: RolloutState, outcome: Any = None) -> HookResult:
         return call(hook, build_payload(hook, state, outcome=outcome), session=self._session)
 
     def pre_rollout(self, state: RolloutState) -> HookResult | None:
         """None when every pre-rollout hook answered 2xx, else the first failure."""
-        return next(
-            (r for h in self.hooks_of(state, "pre-rollout") if not (r := self._fire(h, state)).ok),
-            None,
-        )
+        for hook in self.hooks_of(state, "pre-rollout"):
+            if not (r := self._fire(hook, state)).ok:
+                return r
+        return None
 
     def rollout(self, state: RolloutState) -> list[HookResult]:
         """Call every ``rollout`` hook; returns the failures (empty: all passed)."""
@@ -412,40 +366,34 @@ class HookRunner:
         now = self._clock()
         key = (state.namespace, state.virtual_service, state.started_at, kind, state.step_index)
         closed = [(h, r) for h in hooks if not (r := self._fire(h, state)).ok]
-        with self._lock:
-            if not closed:
-                self._waiting.pop(key, None)
-                return GateResult(True, None, False, f"{kind} approved")
-            started = min(self._waiting.get(key, now), now if since is None else since)
-            self._waiting[key] = started
+        if not closed:
+            self._waiting.pop(key, None)
+            return GateResult(True, None, False, f"{kind} approved")
+        started = min(self._waiting.get(key, now), now if since is None else since)
+        self._waiting[key] = started
         waited = now - started
         limits = [seconds(h.maxWait) for h, _ in closed if h.maxWait is not None]
         expired = any(waited >= limit for limit in limits)
         why = "; ".join(f"{h.name}: {r.error}" for h, r in closed)
-        shown = f", maxWait {min(limits):g}s" if limits else ""
         if expired:
             log.warning("webhook.gate_expired", kind=kind, waited=round(waited, 3), detail=why)
-        return GateResult(
-            False, started, expired, f"{kind} not approved ({why}); waiting {waited:.0f}s{shown}"
-        )
+        limit = f", maxWait {min(limits):g}s" if limits else ""
+        detail = f"{kind} not approved ({why}); waiting {waited:.0f}s{limit}"
+        return GateResult(False, started, expired, detail)
 
     def rollback_requested(self, state: RolloutState) -> bool:
         """True when any ``rollback`` hook answers 2xx (a failure never requests one)."""
-        for hook in self.hooks_of(state, "rollback"):
-            if self._fire(hook, state).ok:
-                log.warning("webhook.rollback_requested", name=hook.name)
-                return True
-        return False
+        hit = next((h for h in self.hooks_of(state, "rollback") if self._fire(h, state).ok), None)
+        if hit is not None:
+            log.warning("webhook.rollback_requested", name=hit.name)
+        return hit is not None
 
     def post_rollout(self, state: RolloutState, outcome: Outcome) -> list[HookResult]:
         """Tell every ``post-rollout`` hook the outcome (with retries). Never raises."""
-        results: list[HookResult] = []
+        me = (state.namespace, state.virtual_service, state.started_at)
+        self._waiting = {k: v for k, v in self._waiting.items() if k[:3] != me}  # it ended
         try:
-            for hook in self.hooks_of(state, "post-rollout"):
-                results.append(self._fire(hook, state, outcome))
+            return [self._fire(h, state, outcome) for h in self.hooks_of(state, "post-rollout")]
         except Exception as exc:  # never raises: the rollout has already ended
             log.warning("webhook.post_rollout_error", error=describe(exc))
-        me = (state.namespace, state.virtual_service, state.started_at)
-        with self._lock:  # the rollout ended: forget its gate waits
-            self._waiting = {k: v for k, v in self._waiting.items() if k[:3] != me}
-        return results
+            return []

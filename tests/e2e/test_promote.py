@@ -26,6 +26,11 @@ def test_healthy_canary_is_promoted_through_every_step_in_order(world: World) ->
     assert world.weights() == [("v1", 0), ("v2", 100)]
     assert world.state()["phase"] == "Promoted"
     validate_virtual_service(world.vs())
+    events = world.sb.emulator.list("v1", "Event", "istio-apl")
+    reasons = [e["reason"] for e in events]
+    assert reasons.count("StepAdvanced") == 4 and reasons[0] == "RolloutStarted"
+    assert reasons[-1] == "Promoted"
+    assert all(e["involvedObject"]["name"] == "rest-apl-vs" for e in events)
 
 
 @pytest.mark.parametrize("world", ["errors", "latency"], indirect=True)

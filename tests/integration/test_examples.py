@@ -1,0 +1,552 @@
+"""The manifests under ``examples/`` are what a cluster accepts, and the canaryctl ones are
+least-privilege and hardened.
+
+Every YAML document under ``examples/`` that is a Kubernetes object (has ``apiVersion`` and
+``kind``; ``kustomization.yaml`` files are skipped, and so is ``ci/github-actions.yaml``, which
+has neither) is checked the way an API server would check it, offline:
+
+- built-in kinds with ``kubernetes_validate`` against the Kubernetes 1.30 OpenAPI schemas it ships
+  in its wheel (strict: an unknown field fails, as ``kubectl apply``'s strict field validation
+  would reject it);
+- Istio kinds against the ``openAPIV3Schema`` of Istio's own CRDs in
+  ``../shared/istio/crd-all.gen.yaml``: VirtualServices with the shared helper
+  ``tests/istio_schema.py``, DestinationRules and Gateways with the small loader below.
+
+The validation tests run with sockets disabled, so a schema that would be fetched from the
+network fails instead of passing slowly. The rest pins down what the examples promise: the
+CronJob never overlaps and runs ``reconcile``, the RBAC grants exactly what canaryctl calls (no
+wildcards), the policy ConfigMap parses, and the containers run as non-root on a read-only root.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import re
+import socket
+from collections.abc import Iterator, Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import typer.main
+import yaml
+
+from canaryctl.cli import app
+from canaryctl.kube import KubeClient
+from canaryctl.policy import load_policy, parse_duration, parse_policy_text
+from tests.istio_schema import go_duration_nanos, validate_virtual_service
+
+REPO = Path(__file__).resolve().parents[2]
+EXAMPLES = REPO / "examples"
+# tests/integration/<this file>: parents[3] is the directory that holds the repository.
+ISTIO_CRDS = Path(__file__).resolve().parents[3] / "shared" / "istio" / "crd-all.gen.yaml"
+KUBERNETES_VERSION = "1.30"
+ISTIO_GROUP = "networking.istio.io"
+ISTIO_PLURALS = {
+    "VirtualService": "virtualservices",
+    "DestinationRule": "destinationrules",
+    "Gateway": "gateways",
+}
+
+# What canaryctl needs, per KubeClient method (canaryctl/kube.py is the only module that talks to
+# the API server): (API group, resource, verb).
+CALLS: dict[str, set[tuple[str, str, str]]] = {
+    "connect": set(),
+    "istio_version": {(ISTIO_GROUP, "virtualservices", "list")},
+    "list_istio": {
+        (ISTIO_GROUP, "virtualservices", "list"),
+        (ISTIO_GROUP, "destinationrules", "list"),
+    },
+    "get_virtual_service": {(ISTIO_GROUP, "virtualservices", "get")},
+    "patch_virtual_service": {(ISTIO_GROUP, "virtualservices", "patch")},
+    "list_deployments": {("apps", "deployments", "list")},
+    "get_service": {("", "services", "get")},
+    "get_config_map": {("", "configmaps", "get")},
+    "create_event": {("", "events", "create")},
+    "get_lease": {("coordination.k8s.io", "leases", "get")},
+    "create_lease": {("coordination.k8s.io", "leases", "create")},
+    "replace_lease": {("coordination.k8s.io", "leases", "update")},
+}
+# Read-only verbs granted on top of those calls, by decision (not called by canaryctl 0.1.0).
+EXTRA_READS = {
+    (ISTIO_GROUP, "virtualservices", "watch"),
+    (ISTIO_GROUP, "destinationrules", "get"),
+    ("apps", "deployments", "get"),
+}
+# The rules of the CronJob's Role and of the daemon's ClusterRole, exactly.
+EXPECTED_RULES = {
+    (ISTIO_GROUP, "virtualservices", "get"),
+    (ISTIO_GROUP, "virtualservices", "list"),
+    (ISTIO_GROUP, "virtualservices", "watch"),
+    (ISTIO_GROUP, "virtualservices", "patch"),
+    (ISTIO_GROUP, "destinationrules", "get"),
+    (ISTIO_GROUP, "destinationrules", "list"),
+    ("apps", "deployments", "get"),
+    ("apps", "deployments", "list"),
+    ("", "services", "get"),
+    ("", "configmaps", "get"),
+    ("", "events", "create"),
+    ("coordination.k8s.io", "leases", "get"),
+    ("coordination.k8s.io", "leases", "create"),
+    ("coordination.k8s.io", "leases", "update"),
+}
+LEADER_RULES = {
+    ("coordination.k8s.io", "leases", "get"),
+    ("coordination.k8s.io", "leases", "create"),
+    ("coordination.k8s.io", "leases", "update"),
+}
+
+
+# --- loading ---------------------------------------------------------------------------------
+def _is_object(doc: Any) -> bool:
+    return isinstance(doc, dict) and "apiVersion" in doc and "kind" in doc
+
+
+def _load_all() -> list[tuple[str, dict[str, Any]]]:
+    docs = []
+    for path in sorted([*EXAMPLES.rglob("*.yaml"), *EXAMPLES.rglob("*.yml")]):
+        if path.name in ("kustomization.yaml", "kustomization.yml"):
+            continue
+        with path.open() as fh:
+            for index, doc in enumerate(yaml.safe_load_all(fh)):
+                if _is_object(doc):
+                    docs.append((f"{path.relative_to(EXAMPLES)}#{index}", doc))
+    return docs
+
+
+DOCS = _load_all()
+
+
+def _objects(folder: str, kind: str | None = None) -> list[dict[str, Any]]:
+    return [
+        doc
+        for where, doc in DOCS
+        if where.startswith(f"{folder}/") and (kind is None or doc["kind"] == kind)
+    ]
+
+
+def _one(folder: str, kind: str, name: str | None = None) -> dict[str, Any]:
+    found = [d for d in _objects(folder, kind) if name is None or d["metadata"]["name"] == name]
+    assert len(found) == 1, f"expected one {kind} {name or ''} in examples/{folder}/: {found}"
+    return found[0]
+
+
+# --- Istio CRD schemas (DestinationRule, Gateway; VirtualService: tests/istio_schema.py) --------
+_HAS_AT_MOST_ONE = re.compile(
+    r"\(has\(self\.(\w+)\) \? 1 : 0\) \+ \(has\(self\.(\w+)\) \? 1 : 0\) <= 1"
+)
+
+
+def _cel(rule: str, value: Any) -> bool:
+    """The CEL rules of Istio's DestinationRule and Gateway CRDs; any other rule is an error so
+    that a newer CRD cannot silently weaken the check."""
+    if rule == "duration(self) >= duration('1ms')":
+        try:
+            return go_duration_nanos(str(value)) >= 10**6
+        except ValueError:
+            return False
+    if rule == 'self.all(key, !key.contains("*"))':
+        return all("*" not in key for key in value)
+    if rule == "self.all(key, key.size() != 0)":
+        return all(len(key) != 0 for key in value)
+    if rule == '!self.contains("*")':
+        return "*" not in value
+    if match := _HAS_AT_MOST_ONE.fullmatch(rule):
+        return sum(field in value for field in match.groups()) <= 1
+    raise NotImplementedError(f"CEL rule not implemented by this test: {rule}")
+
+
+def _x_validations(validator: Any, rules: Any, instance: Any, schema: Any) -> Iterator[Any]:
+    for rule in rules:
+        if not _cel(rule["rule"], instance):
+            yield jsonschema.ValidationError(f"{instance!r}: {rule.get('message', rule['rule'])}")
+
+
+_CrdValidator = jsonschema.validators.extend(
+    jsonschema.Draft4Validator, {"x-kubernetes-validations": _x_validations}
+)
+
+
+def _nullable(node: Any) -> Any:
+    """``nullable: true`` means null is accepted too (as the API server treats it)."""
+    if isinstance(node, dict):
+        node = {k: _nullable(v) for k, v in node.items()}
+        if node.get("nullable") and isinstance(node.get("type"), str):
+            node["type"] = [node["type"], "null"]
+        return node
+    if isinstance(node, list):
+        return [_nullable(v) for v in node]
+    return node
+
+
+@functools.cache
+def _istio_schemas() -> dict[tuple[str, str], dict[str, Any]]:
+    """(plural, version) -> openAPIV3Schema, from Istio's CRDs."""
+    if not ISTIO_CRDS.is_file():
+        raise FileNotFoundError(f"Istio CRDs not found at {ISTIO_CRDS} (see shared/istio/README)")
+    found = {}
+    with ISTIO_CRDS.open() as fh:
+        for crd in yaml.load_all(fh, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)):
+            if crd and crd["spec"]["group"] == ISTIO_GROUP:
+                for version in crd["spec"]["versions"]:
+                    key = (crd["spec"]["names"]["plural"], version["name"])
+                    found[key] = _nullable(version["schema"]["openAPIV3Schema"])
+    return found
+
+
+def _pruned(obj: Any, node: Mapping[str, Any], path: str) -> Iterator[str]:
+    """Fields the API server would drop (or reject with kubectl's strict field validation)."""
+    if node.get("x-kubernetes-preserve-unknown-fields"):
+        return
+    if isinstance(obj, dict) and node.get("type") == "object":
+        props, extra = node.get("properties") or {}, node.get("additionalProperties")
+        for key, value in obj.items():
+            sub = props.get(key) or (extra if isinstance(extra, dict) else None)
+            if sub is None:
+                yield f"{path}/{key}"
+            else:
+                yield from _pruned(value, sub, f"{path}/{key}")
+    elif isinstance(obj, list) and isinstance(node.get("items"), dict):
+        for index, value in enumerate(obj):
+            yield from _pruned(value, node["items"], f"{path}/{index}")
+
+
+def istio_errors(doc: Mapping[str, Any]) -> list[str]:
+    """What the API server would reject (or prune) in an Istio object, from its CRD."""
+    group, _, version = doc["apiVersion"].partition("/")
+    assert group == ISTIO_GROUP, doc["apiVersion"]
+    plural = ISTIO_PLURALS.get(doc["kind"])
+    assert plural, f"no Istio CRD check for kind {doc['kind']}"
+    schema = _istio_schemas().get((plural, version))
+    assert schema is not None, f"Istio's CRDs do not serve {plural}.{group}/{version}"
+    meta = doc.get("metadata") or {}
+    errors = [f"metadata.{f}: required" for f in ("name", "namespace") if not meta.get(f)]
+    for field in ("labels", "annotations"):
+        for key, value in (meta.get(field) or {}).items():
+            if not isinstance(value, str):
+                errors.append(f"metadata.{field}[{key!r}]: not a string: {value!r}")
+    body = {k: v for k, v in doc.items() if k not in ("apiVersion", "kind", "metadata")}
+    errors += [
+        f"{'/'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}"
+        for e in _CrdValidator(copy.deepcopy(schema)).iter_errors(body)
+    ]
+    errors += [f"{p}: unknown field" for p in _pruned(body, schema, "")]
+    return errors
+
+
+# --- fixtures --------------------------------------------------------------------------------
+@pytest.fixture
+def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Any attempt to open a connection or resolve a name fails the test."""
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError(f"network access during schema validation: {args!r}")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+
+
+# --- every manifest is valid -----------------------------------------------------------------
+def test_examples_are_found() -> None:
+    """The loader finds the examples (a glob that finds nothing would make every check vacuous)
+    and skips what is not an API object: kustomization.yaml and the GitHub Actions workflow."""
+    where = {w.split("/")[0] for w, _ in DOCS}
+    assert {"rest-apl", "cronjob", "daemon"} <= where
+    assert not any(w.startswith("ci/github-actions.yaml") for w, _ in DOCS)
+    assert not any(d["kind"] == "Kustomization" for _, d in DOCS)
+    kinds = {d["kind"] for _, d in DOCS}
+    assert {"CronJob", "Deployment", "Role", "ClusterRole", "VirtualService"} <= kinds
+
+
+def test_kubernetes_schemas_ship_offline() -> None:
+    """kubernetes_validate reads its schemas from its own package (no download): the strict
+    1.30 schemas are files in the installed wheel."""
+    schemas = resources.files("kubernetes_validate") / "kubernetes-json-schema"
+    strict = schemas / f"v{KUBERNETES_VERSION}.0-local-strict"
+    assert (strict / "_definitions.json").is_file()
+    assert (strict / "cronjob-batch-v1.json").is_file()
+
+
+@pytest.mark.usefixtures("no_network")
+@pytest.mark.parametrize(("where", "doc"), DOCS, ids=[w for w, _ in DOCS])
+def test_manifest_is_valid(where: str, doc: dict[str, Any]) -> None:
+    """The object is accepted as written: built-in kinds by the Kubernetes 1.30 OpenAPI schema
+    (strict: unknown fields fail), Istio kinds by the openAPIV3Schema of Istio's CRD."""
+    if doc["apiVersion"].startswith(f"{ISTIO_GROUP}/"):
+        if doc["kind"] == "VirtualService":
+            validate_virtual_service(doc, doc["apiVersion"].partition("/")[2])
+        else:
+            assert istio_errors(doc) == [], where
+        return
+    try:
+        kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
+    except kubernetes_validate.ValidationError as exc:
+        path = ".".join(map(str, exc.path))
+        pytest.fail(f"{where}: {doc['kind']} invalid at {path or '<root>'}: {exc.message}")
+    except kubernetes_validate.SchemaNotFoundError as exc:
+        pytest.fail(f"{where}: {exc.message}")
+
+
+def test_istio_check_rejects_bad_objects() -> None:
+    """The local Istio check is not vacuous: a misspelled field, a wrong type and a broken CEL
+    rule (two TLS credential sources) are all reported."""
+    dr = copy.deepcopy(_one("rest-apl", "DestinationRule"))
+    dr["spec"]["subsets"][0]["lables"] = dr["spec"]["subsets"][0].pop("labels")
+    dr["spec"]["host"] = 7
+    errors = istio_errors(dr)
+    assert any("lables: unknown field" in e for e in errors), errors
+    assert any("host" in e and "string" in e for e in errors), errors
+    gw = copy.deepcopy(_one("rest-apl", "Gateway"))
+    gw["spec"]["servers"][0]["tls"] = {
+        "mode": "SIMPLE",
+        "credentialName": "a",
+        "credentialNames": ["b"],
+    }
+    assert any("only one of" in e for e in istio_errors(gw))
+
+
+@pytest.mark.parametrize("folder", ["cronjob", "daemon"])
+def test_kustomization_lists_every_manifest(folder: str) -> None:
+    """kustomization.yaml lists exactly the other YAML files of its folder, so that
+    `kubectl apply -k` applies everything and nothing is forgotten."""
+    base = EXAMPLES / folder
+    kustomization = yaml.safe_load((base / "kustomization.yaml").read_text())
+    assert kustomization["apiVersion"] == "kustomize.config.k8s.io/v1beta1"
+    assert kustomization["kind"] == "Kustomization"
+    listed = kustomization["resources"]
+    assert len(listed) == len(set(listed))
+    files = {p.name for p in base.glob("*.yaml")} - {"kustomization.yaml"}
+    assert set(listed) == files
+
+
+# --- CronJob ---------------------------------------------------------------------------------
+def _command(args: list[str], env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Any:
+    """Parse container args with canaryctl's own CLI (without running the command)."""
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("KUBECONFIG", raising=False)
+    group = typer.main.get_command(app)
+    command = group.commands[args[0]]  # type: ignore[attr-defined]
+    with command.make_context(args[0], list(args[1:])) as ctx:
+        return ctx.params
+
+
+def test_cronjob_never_overlaps_and_runs_reconcile(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CronJob runs `canaryctl reconcile -n istio-apl -o json` every minute, forbids
+    concurrent Jobs, bounds history and run time, keeps the Istio sidecar out of its pods (so
+    the Jobs complete) and runs as the ServiceAccount its RoleBinding grants to."""
+    cron = _one("cronjob", "CronJob")
+    spec = cron["spec"]
+    assert cron["metadata"]["namespace"] == "istio-apl"
+    assert spec["schedule"] == "* * * * *"
+    assert spec["concurrencyPolicy"] == "Forbid"
+    assert spec["successfulJobsHistoryLimit"] == 3
+    assert spec["failedJobsHistoryLimit"] == 3
+    assert 10 <= spec["startingDeadlineSeconds"] < 60
+    job = spec["jobTemplate"]["spec"]
+    assert 0 < job["activeDeadlineSeconds"] <= 300
+    pod = job["template"]
+    assert pod["metadata"]["annotations"]["sidecar.istio.io/inject"] == "false"
+    assert pod["spec"]["restartPolicy"] in ("Never", "OnFailure")
+    (container,) = pod["spec"]["containers"]
+    assert container["image"] == "ghcr.io/canaryctl/canaryctl:0.1.0"
+    assert container["args"] == ["reconcile", "-n", "istio-apl", "-o", "json"]
+    params = _command(container["args"], {}, monkeypatch)
+    assert params["namespace"] == "istio-apl"
+    assert params["output"] == "json"
+    assert params["all_namespaces"] is False
+
+    sa = _one("cronjob", "ServiceAccount")
+    assert pod["spec"]["serviceAccountName"] == sa["metadata"]["name"]
+    assert sa["metadata"]["namespace"] == "istio-apl"
+
+
+# --- RBAC ------------------------------------------------------------------------------------
+def _grants(role: Mapping[str, Any]) -> set[tuple[str, str, str]]:
+    return {
+        (group, resource, verb)
+        for rule in role["rules"]
+        for group in rule.get("apiGroups", [])
+        for resource in rule.get("resources", [])
+        for verb in rule["verbs"]
+    }
+
+
+def test_no_wildcards_in_any_rbac_rule() -> None:
+    """No Role or ClusterRole in examples/ uses "*" for groups, resources, verbs or names, nor
+    grants non-resource URLs, escalate, bind or impersonate."""
+    roles = [d for _, d in DOCS if d["kind"] in ("Role", "ClusterRole")]
+    assert roles
+    for role in roles:
+        for rule in role["rules"]:
+            for key in ("apiGroups", "resources", "verbs", "resourceNames"):
+                assert not any("*" in v for v in rule.get(key, [])), (role["metadata"], rule)
+            assert "nonResourceURLs" not in rule, rule
+            assert not {"escalate", "bind", "impersonate"} & set(rule["verbs"]), rule
+
+
+def test_rbac_covers_exactly_what_kube_py_calls() -> None:
+    """Every API call canaryctl makes (the methods of KubeClient, the only module that talks to
+    the API server) is granted, and the grants beyond them are the listed read-only verbs. A new
+    KubeClient method fails this test until its permissions are reviewed."""
+    methods = {n for n in vars(KubeClient) if not n.startswith("_")}
+    assert methods == set(CALLS), "KubeClient changed: review examples/*/role RBAC and CALLS"
+    needed = set().union(*CALLS.values())
+    assert needed | EXTRA_READS == EXPECTED_RULES
+    assert not needed & EXTRA_READS
+    assert all(verb in ("get", "list", "watch") for _, _, verb in EXTRA_READS)
+
+
+def test_cronjob_role_grants_exactly_the_listed_verbs() -> None:
+    """The CronJob's Role in istio-apl grants exactly: get/list/watch/patch virtualservices,
+    get/list destinationrules and deployments, get services and configmaps, create events (core
+    group), get/create/update leases. Nothing else (no patch on events, no delete anywhere)."""
+    role = _one("cronjob", "Role")
+    assert role["metadata"]["namespace"] == "istio-apl"
+    assert _grants(role) == EXPECTED_RULES
+    assert not [r for r in role["rules"] if "resourceNames" in r]
+    binding = _one("cronjob", "RoleBinding")
+    sa = _one("cronjob", "ServiceAccount")
+    assert binding["metadata"]["namespace"] == "istio-apl"
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": role["metadata"]["name"],
+    }
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": sa["metadata"]["name"], "namespace": "istio-apl"}
+    ]
+
+
+def test_daemon_rbac_is_the_same_rules_cluster_wide_plus_leader_lease() -> None:
+    """The daemon's ClusterRole has the CronJob Role's rules (needed cluster-wide for -A), bound
+    to its ServiceAccount by a ClusterRoleBinding; the Role `leader-election` grants get/create/
+    update on leases in canaryctl-system, bound by the RoleBinding of the same name."""
+    sa = _one("daemon", "ServiceAccount")
+    subject = {
+        "kind": "ServiceAccount",
+        "name": sa["metadata"]["name"],
+        "namespace": "canaryctl-system",
+    }
+    assert sa["metadata"]["namespace"] == "canaryctl-system"
+
+    cluster_role = _one("daemon", "ClusterRole")
+    assert _grants(cluster_role) == EXPECTED_RULES == _grants(_one("cronjob", "Role"))
+    crb = _one("daemon", "ClusterRoleBinding")
+    assert crb["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "ClusterRole",
+        "name": cluster_role["metadata"]["name"],
+    }
+    assert crb["subjects"] == [subject]
+
+    leader = _one("daemon", "Role", "leader-election")
+    assert leader["metadata"]["namespace"] == "canaryctl-system"
+    assert _grants(leader) == LEADER_RULES
+    binding = _one("daemon", "RoleBinding", "leader-election")
+    assert binding["metadata"]["namespace"] == "canaryctl-system"
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": "leader-election",
+    }
+    assert binding["subjects"] == [subject]
+
+
+# --- policy ConfigMap ------------------------------------------------------------------------
+def test_policy_configmap_parses_as_the_default_policy() -> None:
+    """The ConfigMap's `policy.yaml` parses with canaryctl.policy.parse_policy_text, points at
+    http://prometheus.istio-system:9090 and is the same policy as policies/default.yaml."""
+    cm = _one("cronjob", "ConfigMap")
+    assert cm["metadata"]["namespace"] == "istio-apl"
+    assert set(cm["data"]) == {"policy.yaml"}
+    policy = parse_policy_text(cm["data"]["policy.yaml"], source="examples/cronjob/configmap.yaml")
+    assert policy.spec.prometheus.url == "http://prometheus.istio-system:9090"
+    default = load_policy(REPO / "policies" / "default.yaml")
+    assert policy.snapshot() == default.snapshot()
+
+
+# --- pods ------------------------------------------------------------------------------------
+def _pod_specs() -> list[tuple[str, dict[str, Any]]]:
+    cron = _one("cronjob", "CronJob")
+    deploy = _one("daemon", "Deployment")
+    return [
+        ("cronjob", cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]),
+        ("daemon", deploy["spec"]["template"]["spec"]),
+    ]
+
+
+@pytest.mark.parametrize(("where", "pod"), _pod_specs(), ids=[w for w, _ in _pod_specs()])
+def test_containers_run_as_non_root_on_a_read_only_root(where: str, pod: dict[str, Any]) -> None:
+    """Each canaryctl container runs as UID 65532 (non-root), with a read-only root filesystem,
+    no privilege escalation, all capabilities dropped, the RuntimeDefault seccomp profile (the
+    "restricted" Pod Security Standard), an emptyDir on /tmp, and resource requests and limits."""
+    pod_sc = pod.get("securityContext") or {}
+    volumes = {v["name"]: v for v in pod.get("volumes", [])}
+    for container in pod["containers"]:
+        sc = {**pod_sc, **(container.get("securityContext") or {})}
+        assert sc["runAsNonRoot"] is True, where
+        assert sc["runAsUser"] == 65532, where
+        assert sc["readOnlyRootFilesystem"] is True, where
+        assert sc["allowPrivilegeEscalation"] is False, where
+        assert sc["capabilities"]["drop"] == ["ALL"], where
+        assert not sc["capabilities"].get("add"), where
+        assert sc["seccompProfile"] == {"type": "RuntimeDefault"}, where
+        assert not sc.get("privileged"), where
+        (tmp,) = [m for m in container["volumeMounts"] if m["mountPath"] == "/tmp"]
+        assert "emptyDir" in volumes[tmp["name"]], where
+        for kind in ("requests", "limits"):
+            assert {"cpu", "memory"} <= set(container["resources"][kind]), (where, kind)
+
+
+# --- daemon ----------------------------------------------------------------------------------
+def test_daemon_deployment_runs_leader_elected_with_probes_and_metrics(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The daemon runs 2 replicas of `canaryctl run -A --interval 10s --port 8080` in
+    canaryctl-system; POD_NAMESPACE (downward API) becomes the leader Lease's namespace; the
+    liveness/readiness probes hit /healthz and /readyz on port 8080 (named http-metrics), which
+    Prometheus scrapes through the pod annotations and the metrics Service."""
+    deploy = _one("daemon", "Deployment")
+    assert deploy["metadata"]["namespace"] == "canaryctl-system"
+    assert _one("daemon", "Namespace")["metadata"]["name"] == "canaryctl-system"
+    assert deploy["spec"]["replicas"] == 2
+    template = deploy["spec"]["template"]
+    assert (
+        template["spec"]["serviceAccountName"]
+        == _one("daemon", "ServiceAccount")["metadata"]["name"]
+    )
+    (container,) = template["spec"]["containers"]
+    assert container["image"] == "ghcr.io/canaryctl/canaryctl:0.1.0"
+    assert container["args"] == ["run", "-A", "--interval", "10s", "--port", "8080"]
+
+    env = {e["name"]: e for e in container["env"]}
+    assert env["POD_NAMESPACE"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+    params = _command(container["args"], {"POD_NAMESPACE": "canaryctl-system"}, monkeypatch)
+    assert params["all_namespaces"] is True
+    assert params["lease_namespace"] == "canaryctl-system"
+    assert parse_duration(params["interval"]) == 10
+    assert params["port"] == 8080
+
+    (port,) = container["ports"]
+    assert port == {"name": "http-metrics", "containerPort": 8080, "protocol": "TCP"}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http-metrics"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http-metrics"}
+    annotations = template["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert annotations["prometheus.io/port"] == "8080"
+    assert annotations["prometheus.io/path"] == "/metrics"
+
+    labels = template["metadata"]["labels"]
+    assert deploy["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    svc = _one("daemon", "Service")
+    assert svc["metadata"]["namespace"] == "canaryctl-system"
+    assert svc["spec"]["selector"].items() <= labels.items()
+    (svc_port,) = svc["spec"]["ports"]
+    assert svc_port["port"] == 8080
+    assert svc_port["targetPort"] == "http-metrics"
