@@ -99,7 +99,7 @@ def judge_metric(spec: MetricSpec, m: Measurement, *, min_requests: int) -> Metr
             value=m.canary if _finite(m.canary) else None,
             stable=m.stable if _finite(m.stable) else None,
             threshold=threshold,
-            requests=m.canary_requests,
+            requests=m.canary_requests if _finite(m.canary_requests) else None,
             reason=reason,
         )
 
@@ -116,9 +116,12 @@ def judge_metric(spec: MetricSpec, m: Measurement, *, min_requests: int) -> Metr
         breaches.append(f"{_fmt(v)} < min {_fmt(spec.min)}")
     if spec.max is not None and v > spec.max:
         breaches.append(f"{_fmt(v)} > max {_fmt(spec.max)}")
-    if spec.maxIncrease is not None or spec.maxRatio is not None:
-        if not _finite(m.stable):
-            return result("inconclusive", "no stable value to compare with")
+    relative = spec.maxIncrease is not None or spec.maxRatio is not None
+    if relative and not _finite(m.stable):
+        if breaches:  # an absolute breach needs no comparison to fail
+            return result("fail", "; ".join(breaches))
+        return result("inconclusive", "no stable value to compare with")
+    if relative:
         s = m.stable
         assert s is not None
         worse = (v - s) if _increase_is_bad(spec) else (s - v)

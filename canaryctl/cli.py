@@ -361,7 +361,7 @@ def policy_validate(
     def body() -> int:
         from canaryctl.policy import load_policy
 
-        pol = load_policy(file)
+        pol = load_policy(file, flag="FILE")
         snap = pol.snapshot()
         _emit(
             {"result": "valid", "policy": snap},

@@ -27,7 +27,7 @@ from canaryctl.errors import (
     RolloutStateError,
 )
 from canaryctl.kube import KubeClient
-from canaryctl.leases import Lease, identity, lease_name
+from canaryctl.leases import Lease, default_duration, identity, lease_name
 from canaryctl.mesh._base import TrafficRouter
 from canaryctl.mesh.routes import Destination, Target, find_target
 from canaryctl.metrics._base import MetricsProvider, QueryContext
@@ -91,7 +91,7 @@ class Controller:
     holder: str = field(default_factory=identity)
     progress: ProgressFn | None = None
     should_stop: Callable[[], bool] = lambda: False
-    lease_duration: int = 15
+    lease_duration: int = field(default_factory=default_duration)
 
     # --- reading ----------------------------------------------------------------------------
     def policy_of(self, state: RolloutState) -> AnalysisPolicy:

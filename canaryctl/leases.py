@@ -26,6 +26,15 @@ log = structlog.get_logger("canaryctl.lease")
 DEFAULT_DURATION = 15  # seconds; renewed every duration/3
 
 
+def default_duration() -> int:
+    """``CANARYCTL_LEASE_SECONDS`` overrides the lease duration (tests use short leases so a
+    killed holder's lease expires quickly)."""
+    try:
+        return max(1, int(os.environ.get("CANARYCTL_LEASE_SECONDS", DEFAULT_DURATION)))
+    except ValueError:
+        return DEFAULT_DURATION
+
+
 def identity() -> str:
     return f"{socket.gethostname()}/{os.getpid()}/{uuid.uuid4().hex[:6]}"
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -20,6 +21,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StrictInt,
     ValidationError,
     field_validator,
     model_validator,
@@ -51,7 +53,7 @@ _NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 
 def parse_duration(text: str) -> float:
     """``"4s"``, ``"30s"``, ``"1m"``, ``"1h"``, ``"1m30s"``, ``"500ms"`` -> seconds."""
-    m = _DURATION_RE.match(text.strip()) if isinstance(text, str) else None
+    m = _DURATION_RE.fullmatch(text.strip()) if isinstance(text, str) else None
     if not text or m is None or not any(m.groups()):
         raise ValueError(f"must be a duration like 30s, 1m, 1h or 1m30s, got {text!r}")
     h, mi, s, ms = (int(g) if g else 0 for g in m.groups())
@@ -87,7 +89,7 @@ class PrometheusSpec(_Model):
     @field_validator("url")
     @classmethod
     def _url(cls, v: str) -> str:
-        if not re.match(r"^https?://[^\s/]+", v):
+        if not re.fullmatch(r"https?://[^\s/]+(/\S*)?", v):
             raise ValueError(f"must be an http(s) URL, got {v!r}")
         return v.rstrip("/")
 
@@ -121,7 +123,7 @@ class MetricSpec(_Model):
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
-        if not _NAME_RE.match(v):
+        if not _NAME_RE.fullmatch(v):
             raise ValueError(f"must be a DNS-1123 label (a-z, 0-9, '-'), got {v!r}")
         return v
 
@@ -148,6 +150,13 @@ class MetricSpec(_Model):
         rest = _TEMPLATE_RE.sub("", v)
         if "{{" in rest or "}}" in rest:
             raise ValueError(f"unbalanced template braces in {v!r}")
+        return v
+
+    @field_validator("min", "max", "maxIncrease", "maxRatio")
+    @classmethod
+    def _finite(cls, v: float | None) -> float | None:
+        if v is not None and not math.isfinite(v):
+            raise ValueError(f"must be a finite number, got {v}")
         return v
 
     @field_validator("maxRatio")
@@ -186,22 +195,22 @@ def _default_metrics() -> list[MetricSpec]:
 
 
 class PolicySpec(_Model):
-    steps: list[int] | None = Field(
+    steps: list[StrictInt] | None = Field(
         default=None,
         description="Canary weight after each step; strictly increasing, ends at 100",
     )
-    stepWeight: int | None = Field(default=None, description="Shorthand: steps of this size")
-    maxWeight: int | None = Field(
+    stepWeight: StrictInt | None = Field(default=None, description="Shorthand: steps of this size")
+    maxWeight: StrictInt | None = Field(
         default=None, description="With stepWeight: last weight before 100 (default 100)"
     )
     interval: Duration = Field(default="1m", description="Wait after each step before analysing")
-    failureLimit: int = Field(
+    failureLimit: StrictInt = Field(
         default=0, ge=0, description="Rolled back when MORE than this many analyses failed"
     )
-    minRequests: int = Field(
+    minRequests: StrictInt = Field(
         default=50, ge=1, description="Canary requests needed in the window for a verdict"
     )
-    inconclusiveLimit: int = Field(
+    inconclusiveLimit: StrictInt = Field(
         default=3, ge=0, description="Inconclusive analyses in a row before rolling back"
     )
     judge: Literal["threshold", "sequential"] = Field(
@@ -316,31 +325,71 @@ def _first_message(exc: ValidationError) -> str:
 
 
 def _loc(parts: tuple[int | str, ...]) -> str:
+    if parts and not isinstance(parts[0], str):
+        return f"policy: key {_shown(parts[0])}"
     out = ""
     for p in parts:
-        out += f"[{p}]" if isinstance(p, int) else (f".{p}" if out else str(p))
+        if isinstance(p, int):
+            out += f"[{p}]"
+            continue
+        text = p if p.isprintable() and p.strip() == p and p else json.dumps(p)
+        out += f".{text}" if out else text
     return out
+
+
+def _shown(value: Any) -> str:
+    try:
+        text = json.dumps(value, default=str)
+    except (TypeError, ValueError, RecursionError):
+        text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def format_validation_error(exc: ValidationError) -> str:
     """One line: ``spec.metrics[1].min: Input should be a valid number, got 'abc'``."""
     errors = exc.errors()
     err = errors[0]
-    loc = _loc(tuple(err.get("loc", ())))
+    parts = tuple(err.get("loc", ()))
     msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+    if msg.startswith("Keys should be strings") and len(parts) == 1:
+        loc = f"policy: key {_shown(parts[0])}"  # a non-string top-level key: name it
+    else:
+        loc = _loc(parts)
     etype = err.get("type", "")
     if etype == "extra_forbidden":
         msg = "unknown field"
     elif etype == "literal_error":
         msg = f"{msg}, got {err.get('input')!r}"
-    elif "got " not in msg and etype != "missing" and not isinstance(err.get("input"), dict):
-        shown = json.dumps(err["input"], default=str)
-        msg = f"{msg}, got {shown[:80]}"
+    elif etype != "missing" and not isinstance(err.get("input"), dict):
+        shown = _shown(err.get("input"))
+        if "got " not in msg or (etype.startswith(("int_", "float_")) and shown not in msg):
+            msg = f"{msg}, got {shown}"
     # model-level validators report at the parent; name the field inside the message instead
-    if msg.startswith("steps: ") and not loc.endswith("steps"):
-        loc, msg = f"{loc}.steps" if loc else "steps", msg.removeprefix("steps: ")
+    for field in ("steps", "stepWeight", "maxWeight"):
+        if msg.startswith(f"{field}: ") and not loc.endswith(field):
+            loc, msg = f"{loc}.{field}" if loc else field, msg.removeprefix(f"{field}: ")
+    msg = " ".join(msg.split())  # one line, whatever the input held
     more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
     return f"{loc or 'policy'}: {msg}{more}"
+
+
+MAX_DEPTH = 32  # a policy is 5 levels deep; deeper data is a mistake or an attack
+
+
+def _too_deep(data: Any) -> str | None:
+    """The path of the first value nested deeper than MAX_DEPTH (iterative: no recursion)."""
+    stack: list[tuple[Any, tuple[int | str, ...]]] = [(data, ())]
+    while stack:
+        value, path = stack.pop()
+        if len(path) > MAX_DEPTH:
+            return _loc(path[:MAX_DEPTH]) or "policy"
+        if isinstance(value, dict):
+            stack.extend(
+                (v, (*path, k if isinstance(k, str) else str(k))) for k, v in value.items()
+            )
+        elif isinstance(value, list):
+            stack.extend((v, (*path, i)) for i, v in enumerate(value))
+    return None
 
 
 def parse_policy(data: Any, *, source: str = "policy") -> AnalysisPolicy:
@@ -349,12 +398,19 @@ def parse_policy(data: Any, *, source: str = "policy") -> AnalysisPolicy:
         data = {}
     if not isinstance(data, dict):
         raise PolicyError(f"{source}: must be a mapping with apiVersion, kind and spec")
+    deep = _too_deep(data)
+    if deep is not None:
+        raise PolicyError(f"{source}: {deep}: nested more than {MAX_DEPTH} levels deep")
     try:
-        return AnalysisPolicy.model_validate(data)
-    except ValidationError as exc:
-        raise PolicyError(f"{source}: {format_validation_error(exc)}") from None
-    except (TypeError, ValueError, RecursionError) as exc:  # exotic YAML that pydantic rejects
-        raise PolicyError(f"{source}: {exc}") from None
+        try:
+            return AnalysisPolicy.model_validate(data)
+        except ValidationError as exc:
+            message = format_validation_error(exc)
+    except RecursionError:
+        message = "policy: nested too deeply"
+    except (TypeError, ValueError) as exc:  # exotic YAML that pydantic rejects
+        message = " ".join(str(exc).split())
+    raise PolicyError(f"{source}: {message}")
 
 
 def parse_policy_text(text: str, *, source: str = "policy") -> AnalysisPolicy:
@@ -372,8 +428,9 @@ def parse_policy_text(text: str, *, source: str = "policy") -> AnalysisPolicy:
     return parse_policy(data, source=source)
 
 
-def load_policy(path: str | Path | None) -> AnalysisPolicy:
-    """Load a policy file; ``None`` gives the built-in default policy."""
+def load_policy(path: str | Path | None, *, flag: str = "--policy") -> AnalysisPolicy:
+    """Load a policy file; ``None`` gives the built-in default policy. ``flag`` names where
+    the path came from in error messages."""
     if path is None:
         return AnalysisPolicy()
     p = Path(path)
@@ -382,9 +439,9 @@ def load_policy(path: str | Path | None) -> AnalysisPolicy:
             raise PolicyError(f"{p}: larger than {MAX_POLICY_BYTES // 1024} KiB, refusing")
         text = p.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise PolicyError(f"--policy: file not found: {p}") from None
+        raise PolicyError(f"{flag}: file not found: {p}") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise PolicyError(f"--policy: cannot read {p}: {exc}") from None
+        raise PolicyError(f"{flag}: cannot read {p}: {exc}") from None
     return parse_policy_text(text, source=str(p))
 
 

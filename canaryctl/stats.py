@@ -17,41 +17,55 @@ errors at rates ``r_c`` and ``r_s``, conditionally on the total ``e = e_c + e_s`
 
 The common rate cancels: the test is valid whatever the traffic split of each step and whatever the
 common error rate does (an incident that raises both versions changes ``e``, not ``theta``). For
-``rho > psi0`` the per-step likelihood ratio ``LR_i(rho) = (theta/theta0)^e_c ((1-theta)/(1-theta0))^e_s``
-has expectation ``(theta' theta/theta0 + (1-theta')(1-theta)/(1-theta0))^e <= 1`` under every
-``rho' <= psi0`` (it is increasing in ``theta'`` and equals 1 at ``theta0``: monotone likelihood
-ratio), so each product over steps is a non-negative supermartingale under the whole composite null
-H0: ``rho <= psi0``, and so is any mixture of them over ``rho > psi0`` (Robbins 1970). With
-binomial rather than Poisson errors and ``rho = 1``, ``e_c | e`` is hypergeometric, which is
-smaller in the convex order than the binomial with the same mean (Hoeffding 1963), so the bound
-still holds; small rates make the Poisson model nearly exact anyway. Steps where ``n_c = 0``,
-``n_s = 0`` or ``e = 0`` carry no information (factor 1). If stable has no errors at all every
-error is the canary's and ``theta0 = n_c psi0 / (n_c psi0 + n_s)`` still applies.
+``rho > psi0`` the per-step likelihood ratio
+``LR_i(rho) = (theta/theta0)^e_c ((1-theta)/(1-theta0))^e_s`` has expectation
+``(theta' theta/theta0 + (1-theta')(1-theta)/(1-theta0))^e <= 1`` under every ``rho' <= psi0``
+(it is increasing in ``theta'`` and equals 1 at ``theta0``: monotone likelihood ratio), so each
+product over steps is a non-negative supermartingale under the whole composite null
+H0: ``rho <= psi0`` (even if ``rho`` changes from step to step within H0), and so is any mixture
+of them (Robbins 1970). With binomial rather than Poisson errors and ``rho = 1``, ``e_c | e`` is
+hypergeometric, which is smaller in the convex order than the binomial with the same mean
+(Hoeffding 1963), so the bound still holds; small rates make the Poisson model nearly exact
+anyway. Steps where ``n_c = 0``, ``n_s = 0`` or ``e = 0`` carry no information (factor 1). If
+stable has no errors at all every error is the canary's and ``theta0 = n_c psi0 / (n_c psi0 +
+n_s)`` still applies. Not covered: errors over-dispersed *independently* per version (bursts in
+one version only); see benchmarks/README.md.
 
-Mixing prior (documented choice). A discrete grid over ``v = log(rho / psi0)`` with spacing 0.05 on
-``(0, log(100 / psi0)]``, weights proportional to a half-normal density of scale 1 (``rho/psi0``
-below ~7 holds 95 % of the mass), normalised to sum to one. By the Laplace approximation the
-mixture costs ``-log(prior density at the true v)`` nats against an oracle that knows ``rho``;
-a decreasing prior puts mass where detection is hard (``rho`` = 1.5 to 5) and costs little where
-it is easy (``rho`` >= 10 produces very large likelihood ratios within a step). Against a prior
-uniform in ``log rho`` it saves about 0.8 nat at ``rho = 3`` (see benchmarks/README.md).
+Mixing prior (documented choice), over the alternative ``rho_j`` and the step ``s`` at which the
+regression starts (the product runs over steps ``i >= s``; 1 before):
+
+- ``rho``: a grid over ``v = log(rho / psi0)`` with spacing 0.05 on ``(0, log(100 / psi0)]``,
+  weights proportional to a half-normal density of scale 1 (``rho/psi0`` below ~7 holds 95 % of
+  the mass). By the Laplace approximation a mixture costs ``-log(prior density at the true v)``
+  nats against an oracle that knows ``rho``; a decreasing prior puts the mass where detection is
+  hard (``rho`` of 1.5 to 5) and costs little where it is easy (``rho >= 10`` gives very large
+  likelihood ratios within one step). In simulation its power at ``rho = 3`` was the best or
+  close to the best of: uniform in ``log rho``, half-normal scale 0.5, 1, 2 (benchmarks/README.md).
+- start ``s``: weight 1/2 on ``s = 0`` and ``1/(2 s (s + 1))`` on ``s >= 1`` (sums to one). A
+  canary that regresses only under load (from the 60 % step, say) is not drowned by the evidence
+  *for* it collected at 20 and 40 %; a regression present from the start pays log 2 for this.
+
+Per ``rho_j`` the start mixture is a recursion: ``A_t = (A_{t-1} + pi_t) LR_t``, and the e-value
+is ``sum_j w_j (A_t + sum_{s > t} pi_s)``, computed in log space.
 
 Confidence sequence for ``rho``. For each point null ``rho0``, ``M_t(rho0) = sum_j w_j
 prod_i LR_i(rho_j) / LR_i(rho0)`` is a test martingale under ``rho0``, whatever the mixing weights
 (here a normal prior on ``log rho``, mean 0, sd 1.5, grid on ``[1/100, 100]``). Hence
 ``{rho0 : M_t(rho0) < 1/alpha}`` is a (1 - alpha) confidence sequence, valid at any stopping time
-(Howard, Ramdas, McAuliffe & Sekhon 2021). As the log-likelihood is concave in ``log rho0`` the set is
-an interval; its end points are found by bisection. Reported at the last step, not intersected
+(Howard, Ramdas, McAuliffe & Sekhon 2021). As the log-likelihood is concave in ``log rho0`` the set
+is an interval; its end points are found by bisection. Reported at the last step, not intersected
 over time.
 
-References: E. B. Wilson (1927) JASA 22:209; R. G. Newcombe (1998) Stat Med 17:857 (worked values);
-P. J. Acklam (2003) "An algorithm for computing the inverse normal cumulative distribution function";
-J. Ville (1939) "Etude critique de la notion de collectif"; H. Robbins (1970) Ann Math Stat 41:1397;
-W. Hoeffding (1963) JASA 58:13; M. Lindon, C. Sanden, V. Shirikian (2022) "Rapid Regression Detection in
-Software Deployments through Sequential Testing", KDD (arXiv:2205.14762); M. Lindon, A. Malek (2022)
-"Anytime-Valid Inference for Multinomial Count Data", NeurIPS; S. R. Howard et al. (2021) Ann Stat
-49:1055; A. Ramdas, P. Grunwald, V. Vovk, G. Shafer (2023) "Game-theoretic statistics and safe
-anytime-valid inference", Stat Sci 38:576.
+References:
+E. B. Wilson (1927) JASA 22:209; R. G. Newcombe (1998) Stat Med 17:857 (worked values);
+P. J. Acklam (2003) "An algorithm for computing the inverse normal cumulative distribution
+function"; J. Ville (1939) "Etude critique de la notion de collectif"; H. Robbins (1970) Ann Math
+Stat 41:1397; W. Hoeffding (1963) JASA 58:13; M. Lindon, C. Sanden, V. Shirikian (2022) "Rapid
+Regression Detection in Software Deployments through Sequential Testing", KDD (arXiv:2205.14762);
+M. Lindon, A. Malek (2022) "Anytime-Valid Inference for Multinomial Count Data", NeurIPS;
+S. R. Howard, A. Ramdas, J. McAuliffe, J. Sekhon (2021) Ann Stat 49:1055; A. Ramdas, P. Grunwald,
+V. Vovk, G. Shafer (2023) "Game-theoretic statistics and safe anytime-valid inference", Stat Sci
+38:576; J. Shin, A. Ramdas, A. Rinaldo (2022) "E-detectors" (mixtures over change points).
 """
 
 from __future__ import annotations
@@ -100,8 +114,10 @@ def normal_quantile(p: float) -> float:
     elif p <= 1.0 - _P_LOW:
         q = p - 0.5
         r = q * q
-        x = (((((_A[0] * r + _A[1]) * r + _A[2]) * r + _A[3]) * r + _A[4]) * r + _A[5]) * q / (
-            ((((_B[0] * r + _B[1]) * r + _B[2]) * r + _B[3]) * r + _B[4]) * r + 1.0
+        x = (
+            (((((_A[0] * r + _A[1]) * r + _A[2]) * r + _A[3]) * r + _A[4]) * r + _A[5])
+            * q
+            / (((((_B[0] * r + _B[1]) * r + _B[2]) * r + _B[3]) * r + _B[4]) * r + 1.0)
         )
     else:
         q = math.sqrt(-2.0 * math.log1p(-p))
@@ -109,8 +125,10 @@ def normal_quantile(p: float) -> float:
             (((_D[0] * q + _D[1]) * q + _D[2]) * q + _D[3]) * q + 1.0
         )
     # One Halley step: e = Phi(x) - p, computed on the side where it does not cancel.
-    e = 0.5 * math.erfc(-x / math.sqrt(2.0)) - p if p < 0.5 else (1.0 - p) - 0.5 * math.erfc(
-        x / math.sqrt(2.0)
+    e = (
+        0.5 * math.erfc(-x / math.sqrt(2.0)) - p
+        if p < 0.5
+        else (1.0 - p) - 0.5 * math.erfc(x / math.sqrt(2.0))
     )
     u = e * math.sqrt(2.0 * math.pi) * math.exp(x * x / 2.0)
     return x - u / (1.0 + x * u / 2.0)
@@ -135,7 +153,9 @@ def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> tuple[f
     denom = 1.0 + z2 / n
     centre = (p + z2 / (2.0 * n)) / denom
     half = z / denom * math.sqrt(p * (1.0 - p) / n + z2 / (4.0 * n * n))
-    return (max(0.0, centre - half), min(1.0, centre + half))
+    lo = 0.0 if successes == 0 else max(0.0, centre - half)
+    hi = 1.0 if successes == n else min(1.0, centre + half)
+    return (lo, hi)
 
 
 # --- the sequential test -------------------------------------------------------------------
@@ -243,6 +263,8 @@ def _log_evalue(steps: Sequence[StepCounts], psi0: float) -> float:
     Recursion per rho_j: A_t = (A_{t-1} + pi_t) * LR_t, E_t = sum_j w_j (A_t + sum_{s > t} pi_s).
     """
     prior = _h1_prior(psi0)
+    if not _terms(steps):
+        return 0.0  # no information: exactly 1
     u0 = math.log(psi0)
     log_a = [-math.inf] * len(prior)
     for t, step in enumerate(steps):
@@ -272,7 +294,7 @@ def error_rate_evalue(steps: Sequence[StepCounts], *, psi0: float = 1.2) -> floa
 
 
 def _mle_log_ratio(terms: Sequence[_Term]) -> float:
-    """Root of d/du loglik = sum(e_c - e * theta(u)), decreasing in u; clamped to the search range."""
+    """Root of d/du loglik = sum(e_c - e theta(u)) (decreasing in u), clamped to the range."""
     lo, hi = -_U_BOUND, _U_BOUND
     for _ in range(100):
         mid = 0.5 * (lo + hi)

@@ -49,16 +49,24 @@ class _Script:
         return status
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    block_on_close = False
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """Quiet: clients that time out or drop kept-alive connections are part of the tests."""
+
+
 class RecordingServer:
     def __init__(self) -> None:
         self._lock = threading.Condition()
         self._stop = threading.Event()
         self._scripts: dict[str, _Script] = {}
         self._requests: list[Recorded] = []
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._server.daemon_threads = True
-        self._server.block_on_close = False  # type: ignore[attr-defined]
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        self._server = _Server(("127.0.0.1", 0), self._handler())
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
 
     # --- lifecycle ---------------------------------------------------------------------------
     def __enter__(self) -> RecordingServer:
@@ -104,7 +112,9 @@ class RecordingServer:
             while len(got := self.requests(path)) < count:
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    raise AssertionError(f"{path}: {len(got)} requests after {timeout}s, want {count}")
+                    raise AssertionError(
+                        f"{path}: {len(got)} requests after {timeout}s, want {count}"
+                    )
                 self._lock.wait(left)
         return got
 

@@ -88,11 +88,12 @@ class World:
         )
         return Run(proc.returncode, proc.stdout, proc.stderr)
 
-    def popen(self, *args: str) -> subprocess.Popen[str]:
+    def popen(self, *args: str, quiet: bool = False) -> subprocess.Popen[str]:
+        out = subprocess.DEVNULL if quiet else subprocess.PIPE
         return subprocess.Popen(
             self.argv(*args),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            stdout=out,
+            stderr=out,
             text=True,
             env=self.env(),
         )

@@ -149,7 +149,9 @@ def test_daemon_metrics_show_the_weight_moving_in_prometheus(world: World) -> No
         world.run("promote", "rest-apl", "-n", "istio-apl", "--policy", policy, "--no-wait").code
         == 0
     )
-    daemon = world.popen("run", "-n", "istio-apl", "--interval", "1s", "--port", str(port))
+    daemon = world.popen(
+        "run", "-n", "istio-apl", "--interval", "1s", "--port", str(port), quiet=True
+    )
     try:
         base = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 20

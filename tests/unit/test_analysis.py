@@ -271,12 +271,13 @@ def test_result_with_non_finite_request_count_is_strict_json(requests: float) ->
     """MetricResult.to_dict() is stored in the rollout annotation and printed by -o json."""
     r = judge(SUCCESS, 99.5, requests=requests)
     assert r.verdict == "inconclusive"
-    strict_json(r.to_dict())
+    assert json.loads(strict_json(r.to_dict()))["name"] == "request-success-rate"
 
 
 def test_result_with_non_finite_values_is_strict_json() -> None:
     s = spec("request-duration", max=1, maxRatio=2)
-    strict_json(judge(s, NAN, INF).to_dict())
+    data = json.loads(strict_json(judge(s, NAN, INF).to_dict()))
+    assert (data["verdict"], data["value"], data["stable"]) == ("inconclusive", None, None)
 
 
 def test_to_dict_omits_empty_evidence_and_keeps_given_evidence() -> None:

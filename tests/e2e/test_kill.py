@@ -1,0 +1,117 @@
+"""Kill test: SIGKILL `promote` and `reconcile` at seeded random moments, restart, and check
+after every kill that nothing was lost: each route sums to 100, the annotation parses and
+matches the weights, no step is repeated or skipped, and the end equals an uninterrupted run."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import random
+import signal
+import subprocess
+import time
+
+import pytest
+
+from canaryctl.sandbox import load_manifests, manifests_dir
+from tests.e2e.conftest import World
+
+RUNS = 10  # per mode: 20 runs in all
+STEPS = [25, 50, 100]
+MAX_KILLS_PER_RUN = 2
+
+
+@pytest.fixture
+def short_leases(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A killed holder's lease expires after 2 s instead of 15 s, so restarts are quick."""
+    monkeypatch.setenv("CANARYCTL_LEASE_SECONDS", "2")
+
+
+def _seed(world: World) -> None:
+    vs = next(d for d in load_manifests(manifests_dir()) if d["kind"] == "VirtualService")
+    world.sb.emulator.apply([vs])
+    world.sb.emulator.delete(
+        "coordination.k8s.io/v1", "Lease", "istio-apl", "canaryctl.rest-apl-vs"
+    )
+    world.sb.emulator.clear_writes()
+
+
+def _check_consistent(world: World) -> dict[str, object] | None:
+    """What must hold at any moment, in particular right after a SIGKILL."""
+    vs = world.vs()
+    for route in vs["spec"]["http"]:
+        weights = [int(d.get("weight", 0)) for d in route["route"]]
+        assert sum(weights) == 100, weights
+    state = world.state()
+    if state is not None:
+        assert dict(world.weights())["v2"] == state["weight"]
+        passed = [h["step"] for h in state["history"] if h["verdict"] == "pass"]
+        assert passed == list(range(1, len(passed) + 1)), passed  # none repeated or skipped
+        assert state["step_index"] == len(passed) - (1 if state["phase"] == "Promoted" else 0)
+    # every written step follows the previous one: holds allowed, no jump, no going back
+    written = world.written_weights()
+    for a, b in itertools.pairwise(written):
+        assert b == a or (a in STEPS and b == STEPS[min(STEPS.index(a) + 1, len(STEPS) - 1)]), (
+            written
+        )
+    return state
+
+
+def _kill_at(proc: subprocess.Popen[str], delay: float) -> bool:
+    """SIGKILL after ``delay`` seconds unless it ended; True when it was killed."""
+    try:
+        proc.wait(timeout=delay)
+        return False
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        return True
+
+
+@pytest.mark.parametrize("mode", ["promote", "reconcile"])
+def test_sigkill_at_random_moments_loses_nothing(
+    world: World, short_leases: None, mode: str
+) -> None:
+    """10 seeded runs per mode, each killed up to twice at a random moment, then resumed by a
+    new process; every run ends promoted with the history of an uninterrupted run."""
+    rng = random.Random(f"kill-{mode}")
+    policy = str(world.policy(interval="2s", minRequests=3, inconclusiveLimit=5, steps=STEPS))
+    kills = 0
+    for run in range(RUNS):
+        _seed(world)
+        if mode == "reconcile":
+            assert (
+                world.run(
+                    "promote", "rest-apl", "-n", "istio-apl", "--policy", policy, "--no-wait"
+                ).code
+                == 0
+            )
+        run_kills = 0
+        for _attempt in range(60):
+            if mode == "reconcile":
+                proc = world.popen("reconcile", "-n", "istio-apl", quiet=True)
+            else:
+                proc = world.popen(
+                    "promote", "rest-apl", "-n", "istio-apl", "--policy", policy, quiet=True
+                )
+            if run_kills < MAX_KILLS_PER_RUN:
+                killed = _kill_at(proc, rng.uniform(0.5, 5.0))
+            else:
+                proc.wait(timeout=120)
+                killed = False
+            run_kills += killed
+            state = _check_consistent(world)
+            if state is not None and state["phase"] == "Promoted":
+                break
+            if mode == "reconcile" and not killed:
+                time.sleep(0.5)
+        else:
+            raise AssertionError(f"run {run} did not finish: {world.state()}")
+        kills += run_kills
+        final = world.state()
+        assert final is not None and final["phase"] == "Promoted", final
+        assert [h["weight"] for h in final["history"] if h["verdict"] == "pass"] == STEPS
+        assert world.weights() == [("v1", 0), ("v2", 100)]
+        assert sorted(set(world.written_weights())) == STEPS
+    assert kills >= RUNS, f"only {kills} kills happened"
+    print(json.dumps({"mode": mode, "runs": RUNS, "kills": kills}))
