@@ -59,6 +59,8 @@ class StepAnalysis:
     metrics: tuple[MetricResult, ...]
     reason: str
     sequential_reject: bool = False  # the anytime-valid test rejected: roll back at once
+    counts: dict[str, Any] | None = None  # this window's counts (sequential judge), to store
+    dwell: str | None = None  # passed, but hold for more evidence (sequential judge)
 
 
 def _finite(v: float | None) -> bool:
@@ -146,16 +148,24 @@ def judge_metric(spec: MetricSpec, m: Measurement, *, min_requests: int) -> Metr
     return result("pass", f"{_fmt(v)} within {threshold}")
 
 
-def combine(results: list[MetricResult], *, sequential_reject: bool = False) -> StepAnalysis:
+def combine(
+    results: list[MetricResult],
+    *,
+    sequential_reject: bool = False,
+    counts: dict[str, Any] | None = None,
+    dwell: str | None = None,
+) -> StepAnalysis:
     """The step verdict from the metric verdicts (fail > inconclusive > pass)."""
     failed = [r for r in results if r.verdict == "fail"]
-    if failed:
-        reason = "; ".join(f"{r.name}: {r.reason}" for r in failed)
-        return StepAnalysis("fail", tuple(results), reason, sequential_reject)
+    if failed or sequential_reject:
+        reason = "; ".join(f"{r.name}: {r.reason}" for r in failed) or "sequential test rejected"
+        return StepAnalysis("fail", tuple(results), reason, sequential_reject, counts)
     unsure = [r for r in results if r.verdict == "inconclusive"]
     if unsure:
         reason = "; ".join(f"{r.name}: {r.reason}" for r in unsure)
-        return StepAnalysis("inconclusive", tuple(results), reason)
+        return StepAnalysis("inconclusive", tuple(results), reason, counts=counts)
     if not results:
-        return StepAnalysis("inconclusive", (), "no metrics measured")
-    return StepAnalysis("pass", tuple(results), "all metrics within thresholds")
+        return StepAnalysis("inconclusive", (), "no metrics measured", counts=counts)
+    if dwell:
+        return StepAnalysis("pass", tuple(results), dwell, counts=counts, dwell=dwell)
+    return StepAnalysis("pass", tuple(results), "all metrics within thresholds", counts=counts)

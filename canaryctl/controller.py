@@ -179,7 +179,15 @@ class Controller:
         provider = self.provider_for(spec.prometheus)
         window = max(1.0, round(now - state.step_started_at))
         results = []
+        sequential = spec.judge == "sequential"
         for metric in spec.metrics:
+            if (
+                sequential
+                and metric.name == "request-success-rate"
+                and metric.maxIncrease is None
+                and metric.maxRatio is None
+            ):
+                continue  # judged on counts below (success-rate-floor), not on rate()
             ctx = QueryContext(
                 namespace=state.namespace,
                 app=state.app,
@@ -200,11 +208,16 @@ class Controller:
                 verdict=r.verdict,
             )
             results.append(r)
-        if spec.judge == "sequential":
-            from canaryctl.judges import sequential_results
+        if sequential:
+            from canaryctl.judges import measure_counts, sequential_results
 
-            extra, reject = sequential_results(provider, state, policy, now)
-            return combine([*results, *extra], sequential_reject=reject)
+            entry = measure_counts(provider, state, policy, now)
+            extra, reject, dwell = sequential_results(provider, state, policy, now, entry=entry)
+            for r in extra:
+                log.info(
+                    "analysis", metric=r.name, value=r.value, verdict=r.verdict, reason=r.reason
+                )
+            return combine([*results, *extra], sequential_reject=reject, counts=entry, dwell=dwell)
         return combine(results)
 
     def step(self, state: RolloutState) -> RolloutState:
@@ -233,6 +246,7 @@ class Controller:
         reason = {
             "advance": "StepAdvanced",
             "hold": "AnalysisHeld",
+            "dwell": "AnalysisDwell",
             "promote": "Promoted",
             "rollback": "RolledBack",
         }[decision.action]

@@ -31,7 +31,7 @@ HISTORY_LIMIT = 20  # analyses kept in the annotation; older ones are counted, n
 Phase = Literal["Progressing", "Paused", "Promoted", "RolledBack", "Failed"]
 ACTIVE_PHASES: tuple[str, ...] = ("Progressing", "Paused")
 TERMINAL_PHASES: tuple[str, ...] = ("Promoted", "RolledBack", "Failed")
-Action = Literal["advance", "hold", "promote", "rollback"]
+Action = Literal["advance", "hold", "dwell", "promote", "rollback"]
 
 
 @dataclass(frozen=True)
@@ -162,7 +162,8 @@ def _record(state: RolloutState, analysis: StepAnalysis, now: float, action: str
     if len(history) > HISTORY_LIMIT:
         dropped += len(history) - HISTORY_LIMIT
         history = history[-HISTORY_LIMIT:]
-    return replace(state, history=history, history_dropped=dropped)
+    counts = state.counts if analysis.counts is None else [*state.counts, analysis.counts]
+    return replace(state, history=history, history_dropped=dropped, counts=counts)
 
 
 def decide(state: RolloutState, analysis: StepAnalysis, *, now: float) -> Decision:
@@ -192,6 +193,10 @@ def decide(state: RolloutState, analysis: StepAnalysis, *, now: float) -> Decisi
         s = _record(replace(state, inconclusive=streak), analysis, now, "hold")
         return Decision("hold", replace(s, step_started_at=now, updated_at=now, reason=why), why)
     # pass
+    if analysis.dwell:
+        s = _record(replace(state, inconclusive=0), analysis, now, "dwell")
+        why = analysis.dwell
+        return Decision("dwell", replace(s, step_started_at=now, updated_at=now, reason=why), why)
     if state.step_index >= len(steps) - 1:
         why = f"all {len(steps)} steps passed analysis"
         s = _record(replace(state, inconclusive=0), analysis, now, "promote")

@@ -1,0 +1,263 @@
+"""The sequential judge (``spec.judge: sequential``): counts in, evidence and verdicts out.
+
+After every analysis window the controller reads *counts* (not ``rate()`` ratios): requests and
+5xx of canary and stable as per-series counter differences between the window's start and end
+(reset-aware), and, when ``request-duration`` has a ``max``, the requests slower than that SLO
+bucket. Each window's counts are stored in the rollout state (so a restart loses nothing) and
+all of them feed ``stats.sequential_test``:
+
+- ``sequential-error-rate``: H1 "canary error rate > psi0 x stable's". Rejected -> roll back at
+  once (the test already accounts for looking after every step: Ville's inequality).
+- ``sequential-latency``: the same test on the share of requests slower than the SLO bucket.
+  alpha is split evenly between the two tests (Bonferroni), so the bound on rolling back a good
+  canary stays ``alpha`` overall.
+- The success-rate floor (``request-success-rate`` ``min``) is judged on the counts since the
+  current weight was set, with a 99 % Wilson interval: the canary fails only when we are confident
+  it is below the floor *and* stable is confidently above it (measured in the same window, or
+  over the whole rollout when the window has too little stable traffic). One error in ten
+  requests is not evidence; a stable that is itself below the floor means the environment is
+  degraded and the relative test decides.
+- Every other metric (p99 ``max``, custom queries, relative checks) is judged as in the threshold
+  judge: an absolute SLO must hold at every step.
+- Dwell: at the middle steps, when the evidence is still compatible with a large regression
+  (upper end of the ratio's confidence interval >= 3) and waiting could realistically settle it
+  (stable's bad rate x this window's requests x 8 >= 20 expected bad requests), the weight is held
+  for up to ``MAX_DWELL`` more windows instead of advancing. These holds are not failures and do
+  not count towards ``inconclusiveLimit``.
+
+The rule and its parameters were chosen with ``benchmarks/judgement.py``; the README quotes it.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from canaryctl.analysis import MetricResult
+from canaryctl.metrics._base import MetricsProvider
+from canaryctl.policy import AnalysisPolicy
+from canaryctl.rollout import RolloutState
+from canaryctl.stats import StepCounts, sequential_test, slow_counts, wilson_interval
+
+FLOOR_CONFIDENCE = 0.99
+DWELL_RATIO = 3.0
+DWELL_FACTOR = 8.0
+DWELL_MIN_BAD = 20.0
+MAX_DWELL = 8
+
+
+def measure_counts(
+    provider: MetricsProvider, state: RolloutState, policy: AnalysisPolicy, now: float
+) -> dict[str, Any]:
+    """One window's counts, as stored in ``state.counts``."""
+    start = state.step_started_at
+    ns = state.namespace
+    c = provider.counts(namespace=ns, workload=state.canary_workload, start=start, end=now)
+    s = provider.counts(namespace=ns, workload=state.stable_workload, start=start, end=now)
+    entry: dict[str, Any] = {
+        "step": state.step_index,
+        "canary_requests": c.requests,
+        "canary_errors": c.errors,
+        "stable_requests": s.requests,
+        "stable_errors": s.errors,
+    }
+    slo = latency_slo(policy)
+    if slo is not None:
+        for side, workload in (
+            ("canary", state.canary_workload),
+            ("stable", state.stable_workload),
+        ):
+            b0, b1 = provider.bucket_counts(namespace=ns, workload=workload, start=start, end=now)
+            try:
+                n, slow = slow_counts(b0, b1, slo) if b1 else (0, 0)
+            except ValueError:
+                n, slow = 0, 0
+            entry[f"{side}_slow_requests"] = n
+            entry[f"{side}_slow"] = slow
+    return entry
+
+
+def latency_slo(policy: AnalysisPolicy) -> float | None:
+    for m in policy.spec.metrics:
+        if m.name == "request-duration" and m.max is not None:
+            return m.max
+    return None
+
+
+def _errors(entries: list[dict[str, Any]]) -> list[StepCounts]:
+    return [
+        StepCounts(
+            e["canary_requests"], e["canary_errors"], e["stable_requests"], e["stable_errors"]
+        )
+        for e in entries
+    ]
+
+
+def _slow(entries: list[dict[str, Any]]) -> list[StepCounts]:
+    return [
+        StepCounts(
+            e.get("canary_slow_requests", 0),
+            e.get("canary_slow", 0),
+            e.get("stable_slow_requests", 0),
+            e.get("stable_slow", 0),
+        )
+        for e in entries
+    ]
+
+
+def _evidence(result: Any) -> dict[str, Any]:
+    lo, hi = result.ratio_ci
+    return {
+        "eValue": result.e_value if math.isfinite(result.e_value) else 1e308,
+        "threshold": result.threshold,
+        "ratio": result.ratio,
+        "ratioCI": [lo, hi if math.isfinite(hi) else None],
+        "canaryRequests": result.canary_requests,
+        "canaryBad": result.canary_errors,
+        "stableRequests": result.stable_requests,
+        "stableBad": result.stable_errors,
+    }
+
+
+def _sequential_metric(
+    name: str, steps: list[StepCounts], *, psi0: float, alpha: float, what: str
+) -> MetricResult:
+    res = sequential_test(steps, psi0=psi0, alpha=alpha)
+    ev = _evidence(res)
+    ratio = "-" if res.ratio is None else f"{res.ratio:.3g}"
+    ci_hi = "inf" if ev["ratioCI"][1] is None else f"{ev['ratioCI'][1]:.3g}"
+    detail = (
+        f"e-value {res.e_value:.3g} (rollback at {res.threshold:g}); {what} ratio canary/stable "
+        f"{ratio}, {100 * (1 - alpha):g}% CI [{res.ratio_ci[0]:.3g}, {ci_hi}]; "
+        f"canary {res.canary_errors}/{res.canary_requests}, "
+        f"stable {res.stable_errors}/{res.stable_requests}"
+    )
+    return MetricResult(
+        name=name,
+        verdict="fail" if res.reject else "pass",
+        value=res.e_value if math.isfinite(res.e_value) else 1e308,
+        stable=None,
+        threshold=f"e-value < {res.threshold:g} (H0: ratio <= {psi0:g})",
+        requests=float(res.canary_requests),
+        reason=detail,
+        evidence=ev,
+    )
+
+
+def _floor(
+    entries_here: list[dict[str, Any]],
+    all_entries: list[dict[str, Any]],
+    floor_pct: float,
+    min_requests: int,
+) -> tuple[str, str, float | None]:
+    """(verdict, reason, canary success %) of the success-rate floor, by Wilson intervals."""
+    floor = floor_pct / 100
+    n_c = sum(e["canary_requests"] for e in entries_here)
+    bad_c = sum(e["canary_errors"] for e in entries_here)
+    value = 100 * (1 - bad_c / n_c) if n_c else None
+    if n_c < min_requests:
+        return "inconclusive", f"{n_c} canary requests at this weight, need {min_requests}", value
+    upper = wilson_interval(n_c - bad_c, n_c, FLOOR_CONFIDENCE)[1]
+    if upper >= floor:
+        return "pass", f"{value:.4g}% (99% upper bound {100 * upper:.4g}% >= {floor_pct:g})", value
+    src = entries_here
+    if sum(e["stable_requests"] for e in src) < min_requests:
+        src = all_entries
+    n_s = sum(e["stable_requests"] for e in src)
+    bad_s = sum(e["stable_errors"] for e in src)
+    stable_ok = (
+        n_s >= min_requests and wilson_interval(n_s - bad_s, n_s, FLOOR_CONFIDENCE)[0] >= floor
+    )
+    if stable_ok:
+        why = f"{value:.4g}% is confidently below {floor_pct:g} (99% upper {100 * upper:.4g}%)"
+        return "fail", why, value
+    return (
+        "pass",
+        (
+            f"{value:.4g}% below {floor_pct:g}, but stable is not confidently above it either: "
+            "the comparison with stable decides"
+        ),
+        value,
+    )
+
+
+def sequential_results(
+    provider: MetricsProvider,
+    state: RolloutState,
+    policy: AnalysisPolicy,
+    now: float,
+    *,
+    entry: dict[str, Any],
+) -> tuple[list[MetricResult], bool, str | None]:
+    """(results, reject, dwell reason) for one analysis with ``entry`` this window's counts."""
+    spec = policy.spec
+    entries = [*state.counts, entry]
+    here = [e for e in entries if e["step"] == state.step_index]
+    slo = latency_slo(policy)
+    alpha = spec.alpha / (2 if slo is not None else 1)
+    results = [
+        _sequential_metric(
+            "sequential-error-rate",
+            _errors(entries),
+            psi0=spec.psi0,
+            alpha=alpha,
+            what="error-rate",
+        )
+    ]
+    if slo is not None:
+        results.append(
+            _sequential_metric(
+                "sequential-latency",
+                _slow(entries),
+                psi0=spec.psi0,
+                alpha=alpha,
+                what=f"share slower than {slo:g} ms",
+            )
+        )
+    reject = any(r.verdict == "fail" for r in results)
+    for m in spec.metrics:
+        if m.name == "request-success-rate" and m.min is not None:
+            verdict, reason, value = _floor(here, entries, m.min, spec.minRequests)
+            results.append(
+                MetricResult(
+                    name="success-rate-floor",
+                    verdict=verdict,  # type: ignore[arg-type]
+                    value=value,
+                    stable=None,
+                    threshold=f">= {m.min:g} (99% Wilson)",
+                    requests=float(sum(e["canary_requests"] for e in here)),
+                    reason=reason,
+                )
+            )
+    dwell = None if reject else _dwell_reason(state, here, slo, spec.alpha)
+    return results, reject, dwell
+
+
+def _dwell_reason(
+    state: RolloutState, here: list[dict[str, Any]], slo: float | None, alpha: float
+) -> str | None:
+    if not 0 < state.step_index < len(state.steps) - 1:
+        return None
+    dwelt = sum(
+        1
+        for h in state.history
+        if h.get("step") == state.step_index + 1 and h.get("action") == "dwell"
+    )
+    if dwelt >= MAX_DWELL:
+        return None
+    window = here[-1]
+    total = window["canary_requests"] + window["stable_requests"]
+    checks = [("error rate", _errors(here), _errors([*state.counts, window]))]
+    if slo is not None:
+        checks.append(("latency", _slow(here), _slow([*state.counts, window])))
+    for what, steps_here, steps_all in checks:
+        res = sequential_test(steps_here, alpha=alpha)
+        hi = res.ratio_ci[1]
+        n_s = sum(s.stable_requests for s in steps_all)
+        bad_rate = sum(s.stable_errors for s in steps_all) / n_s if n_s else 0.0
+        if hi >= DWELL_RATIO and bad_rate * total * DWELL_FACTOR >= DWELL_MIN_BAD:
+            return (
+                f"holding for more evidence ({dwelt + 1}/{MAX_DWELL}): the {what} ratio "
+                f"could still be up to {hi:.3g}x stable's"
+            )
+    return None
