@@ -1,44 +1,50 @@
-"""Judgement benchmark: fixed thresholds vs canaryctl's sequential test on simulated rollouts.
+"""Judgement benchmark: fixed thresholds vs canaryctl's sequential judge on simulated rollouts.
 
 Seeded, numpy-only simulation (matplotlib only for the PNG). Writes
 ``benchmarks/results/judgement.md`` and ``benchmarks/results/judgement.png``.
 
     python benchmarks/judgement.py [--runs 2000] [--seed 1] [--quick] [--interval 60] [--jobs 2]
 
-Policy (c)'s decisions come from ``canaryctl.stats``: the simulation uses a vectorised numpy twin
-of the e-process, the confidence sequence and the Wilson floor (built on the module's own grid),
-and every cell asserts that the twin agrees with ``canaryctl.stats.sequential_test`` /
-``wilson_interval`` at every interval of a sample of runs. See benchmarks/README.md.
+Policies (b), (b'), (c) and (c') are canaryctl itself: a vectorised numpy twin of the product
+rule (``canaryctl.judges`` + ``canaryctl.analysis.combine`` + ``canaryctl.rollout.decide``) runs
+all the runs, and in every cell a sample of runs is replayed through the real product code
+(``Controller.analyse`` with a simulated metrics provider, then ``rollout.decide``); every
+interval of the replay must agree with the twin (action, e-values, floor, dwell and p99
+verdicts), or the benchmark stops. See benchmarks/README.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 import os
 import sys
+import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from canaryctl import stats
+from canaryctl import judges, rollout, stats
+from canaryctl.analysis import Measurement
+from canaryctl.controller import Controller
+from canaryctl.metrics._base import WorkloadCounts
 
 WEIGHTS = (20, 40, 60, 80, 100)
-FLOOR = 0.99  # success >= 99 %, and (latency) p99 <= 500 ms <=> <= 1 % slower than 500 ms
-P99_MS = 500.0
-MIN_REQUESTS = 50
-ALPHA = 0.01
-PSI0 = 1.2
-GATE_RHO = 3.0  # (c) promotion gate: upper confidence bound of rho below this
+FLOOR_PCT = 99.0  # request-success-rate min (the product default policy)
+P99_MS = 500.0  # request-duration max (the product default policy)
 ISTIO_BUCKETS_MS = (0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000,
                     60000, 300000, 600000, 1800000, 3600000)  # fmt: skip
-RUNNING, PROMOTED, ROLLED_BACK, ABORTED = 0, 1, 2, 3
-SAMPLE_RUNS = 6  # runs per cell checked against canaryctl.stats at every interval
+RUNNING, PROMOTED, ROLLED_BACK = 0, 1, 2
+# rollback reasons
+R_THRESHOLD, R_TEST, R_FLOOR, R_INCONCLUSIVE = 1, 2, 3, 4
+ACTIONS = ("hold", "dwell", "advance", "promote", "rollback")
 
 
 # --- scenarios ------------------------------------------------------------------------------
@@ -57,6 +63,7 @@ class Cell:
     burst_shape: float = 0.0  # gamma shape per second; 0 = Poisson
     burst_shared: bool = True
     latency: str = ""  # "", "aa", "median", "tail"
+    short: str = ""  # label in the plot
 
     @property
     def label(self) -> str:
@@ -69,11 +76,35 @@ def cells() -> list[Cell]:
         for base in (0.001, 0.005, 0.012):
             for k in (1, 1.5, 3, 10):
                 name = "A/A (k=1)" if k == 1 else f"k={k:g}"
-                out.append(Cell("errors", name, rate, base, k=k, good=k == 1))
+                short = "A/A" if k == 1 else f"k={k:g}"
+                out.append(Cell("errors", name, rate, base, k=k, good=k == 1, short=short))
             out += [
-                Cell("errors", "regression from step 3 (k=3)", rate, base, 3.0, 2, good=False),
-                Cell("errors", "incident x5 both, interval 2", rate, base, incident_interval=1),
-                Cell("errors", "bursty, shared (gamma 0.1/s)", rate, base, burst_shape=0.1),
+                Cell(
+                    "errors",
+                    "regression from step 3 (k=3)",
+                    rate,
+                    base,
+                    3.0,
+                    2,
+                    good=False,
+                    short="k=3 from 60%",
+                ),
+                Cell(
+                    "errors",
+                    "incident x5 both, interval 2",
+                    rate,
+                    base,
+                    incident_interval=1,
+                    short="incident",
+                ),
+                Cell(
+                    "errors",
+                    "bursty, shared (gamma 0.1/s)",
+                    rate,
+                    base,
+                    burst_shape=0.1,
+                    short="bursts, shared",
+                ),
                 Cell(
                     "errors",
                     "bursty, per version (gamma 0.1/s)",
@@ -81,13 +112,38 @@ def cells() -> list[Cell]:
                     base,
                     burst_shape=0.1,
                     burst_shared=False,
+                    short="bursts, per version",
                 ),
-                Cell("errors", "one bad pod of 4 at 4x (k=1.75)", rate, base, 1.75, good=False),
+                Cell(
+                    "errors",
+                    "one bad pod of 4 at 4x (k=1.75)",
+                    rate,
+                    base,
+                    1.75,
+                    good=False,
+                    short="1 bad pod (1.75x)",
+                ),
             ]
         out += [
-            Cell("latency", "latency A/A", rate, 0.001, latency="aa"),
-            Cell("latency", "latency median x1.5", rate, 0.001, latency="median", good=False),
-            Cell("latency", "latency tail: 5% x10", rate, 0.001, latency="tail", good=False),
+            Cell("latency", "latency A/A", rate, 0.001, latency="aa", short="latency A/A"),
+            Cell(
+                "latency",
+                "latency median x1.5",
+                rate,
+                0.001,
+                latency="median",
+                good=False,
+                short="latency median x1.5",
+            ),
+            Cell(
+                "latency",
+                "latency tail: 5% x10",
+                rate,
+                0.001,
+                latency="tail",
+                good=False,
+                short="latency tail",
+            ),
         ]
     return out
 
@@ -126,6 +182,9 @@ class Counts:
     hist_s: np.ndarray | None = None
 
 
+SLOW_FROM = ISTIO_BUCKETS_MS.index(P99_MS) + 1  # first bucket above 500 ms
+
+
 def generate(
     cell: Cell, w: np.ndarray, step: np.ndarray, t: int, rng: np.random.Generator, sec: float
 ) -> list[Counts]:
@@ -148,8 +207,7 @@ def generate(
     if cell.latency:
         pc, ps = bucket_probs(cell.latency), bucket_probs("aa")
         hc, hs = rng.multinomial(nc, pc), rng.multinomial(ns, ps)
-        slow = ISTIO_BUCKETS_MS.index(P99_MS) + 1  # buckets above 500 ms
-        out.append(Counts(nc, hc[:, slow:].sum(1), ns, hs[:, slow:].sum(1), hc, hs))
+        out.append(Counts(nc, hc[:, SLOW_FROM:].sum(1), ns, hs[:, SLOW_FROM:].sum(1), hc, hs))
     return out
 
 
@@ -170,7 +228,7 @@ def histogram_p99(hist: np.ndarray) -> np.ndarray:
     return np.where(total > 0, val, np.nan)
 
 
-# --- the e-process twin ---------------------------------------------------------------------
+# --- the numpy twin of canaryctl.stats -------------------------------------------------------
 
 
 def _logsig(x: np.ndarray) -> np.ndarray:
@@ -178,9 +236,10 @@ def _logsig(x: np.ndarray) -> np.ndarray:
 
 
 class Twin:
-    """Vectorised copy of canaryctl.stats' e-process and confidence-sequence upper-bound gate."""
+    """Vectorised copy of canaryctl.stats' e-process (over the whole rollout) and of the upper
+    end of its confidence sequence (over the steps since the weight was set: the dwell)."""
 
-    def __init__(self, n: int, psi0: float, alpha: float, gate: float) -> None:
+    def __init__(self, n: int, psi0: float, gate: float, gate_alpha: float) -> None:
         prior = stats._h1_prior(psi0)
         self.u = np.array([p[0] for p in prior])
         self.lw = np.array([p[1] for p in prior])
@@ -188,7 +247,7 @@ class Twin:
         self.cu = np.linspace(-math.log(stats._RHO_MAX), math.log(stats._RHO_MAX), cnt + 1)
         clw = -0.5 * (self.cu / stats._CS_SD) ** 2
         self.clw = clw - np.logaddexp.reduce(clw)
-        self.u0, self.ug, self.alpha = math.log(psi0), math.log(gate), alpha
+        self.u0, self.ug, self.gate_alpha = math.log(psi0), math.log(gate), gate_alpha
         self.log_a = np.full((n, len(self.u)), -np.inf)  # change-point recursion, see stats
         self.t = np.zeros(n, int)
         self.cs = np.zeros((n, len(self.cu)))
@@ -224,49 +283,106 @@ class Twin:
         log_tail = -np.log(2.0 * self.t[idx])[:, None]
         return np.logaddexp.reduce(self.lw + np.logaddexp(self.log_a[idx], log_tail), axis=1)
 
-    def gate_ok(self, idx: np.ndarray) -> np.ndarray:
-        """Upper end of the confidence sequence for rho below the gate value."""
-        cut = np.logaddexp.reduce(self.cs[idx] + self.clw, axis=1) + math.log(self.alpha)
-        return (self.lg[idx] <= cut) & (self.score_g[idx] < 0)
+    def gate_margin(self, idx: np.ndarray) -> np.ndarray:
+        """log-likelihood at log(gate) minus the confidence-sequence cut-off."""
+        cut = np.logaddexp.reduce(self.cs[idx] + self.clw, axis=1) + math.log(self.gate_alpha)
+        return self.lg[idx] - cut
+
+    def upper_below_gate(self, idx: np.ndarray) -> np.ndarray:
+        """The confidence sequence's upper end is below the gate (``ratio_ci[1] < gate``)."""
+        return (self.gate_margin(idx) <= 0) & (self.score_g[idx] < 0)
 
 
-def wilson_lower(succ: np.ndarray, n: np.ndarray, conf: float) -> np.ndarray:
-    z = stats.normal_quantile(0.5 + conf / 2)
-    nn = np.maximum(n, 1)
+def _wilson(succ: np.ndarray, n: np.ndarray, conf: float) -> tuple[np.ndarray, np.ndarray]:
+    """``stats.wilson_interval`` elementwise (same operations, same special cases)."""
+    z = stats.normal_quantile(0.5 + conf / 2.0)
+    nn = np.maximum(n, 1).astype(float)
     p = succ / nn
-    d = 1 + z * z / nn
-    lo = (p + z * z / (2 * nn)) / d - z / d * np.sqrt(p * (1 - p) / nn + z * z / (4 * nn * nn))
-    return np.where(n > 0, np.maximum(lo, 0.0), 0.0)
-
-
-def wilson_upper(succ: np.ndarray, n: np.ndarray, conf: float) -> np.ndarray:
-    z = stats.normal_quantile(0.5 + conf / 2)
-    nn = np.maximum(n, 1)
-    p = succ / nn
-    d = 1 + z * z / nn
-    up = (p + z * z / (2 * nn)) / d + z / d * np.sqrt(p * (1 - p) / nn + z * z / (4 * nn * nn))
-    return np.where(n > 0, np.minimum(up, 1.0), 1.0)
+    z2 = z * z
+    denom = 1.0 + z2 / nn
+    centre = (p + z2 / (2.0 * nn)) / denom
+    half = z / denom * np.sqrt(p * (1.0 - p) / nn + z2 / (4.0 * nn * nn))
+    lo = np.where(succ == 0, 0.0, np.maximum(0.0, centre - half))
+    hi = np.where(succ == n, 1.0, np.minimum(1.0, centre + half))
+    return np.where(n > 0, lo, 0.0), np.where(n > 0, hi, 1.0)
 
 
 # --- policies -------------------------------------------------------------------------------
 
+# judges.py constants a Rule may override (what-if runs patch them in the benchmark process)
+JUDGE_CONSTANTS = {
+    "max_dwell": "MAX_DWELL",
+    "dwell_ratio": "DWELL_RATIO",
+    "dwell_factor": "DWELL_FACTOR",
+    "dwell_min_bad": "DWELL_MIN_BAD",
+    "floor_confidence": "FLOOR_CONFIDENCE",
+}
+PRODUCT_CONSTANTS = {name: getattr(judges, name) for name in JUDGE_CONSTANTS.values()}
 
-@dataclass
-class Design:
-    """Knobs of policy (c); the defaults are the design the benchmark recommends."""
 
-    min_requests: int = MIN_REQUESTS
-    hold_limit: int | None = None  # consecutive "too few requests" holds before rollback (b-like)
-    floor: str = "wilson+stable"  # "none" | "point" | "wilson" | "wilson+stable"
-    floor_conf: float = 1 - ALPHA
-    gate: float | None = GATE_RHO
-    gate_from_weight: int = 40
-    gate_window: str = "step"  # CS over data since the weight was set, or "rollout"
-    max_dwell: int = 8  # extra intervals a step may hold for the gate
-    gate_min_errors: float = 20.0  # dwell only if max_dwell intervals would see this many errors
-    floor_holds: int = 2  # floor breaches without concurrent stable data: hold up to this many
-    deadline: int = 60  # intervals; then abort (insufficient traffic)
-    extra: dict[str, object] = field(default_factory=dict)
+@dataclass(frozen=True)
+class Rule:
+    """A canaryctl policy as the benchmark runs it: policy fields, and the judge's constants
+    (``canaryctl.judges``). The defaults are the product's."""
+
+    judge: str = "sequential"  # or "threshold"
+    failure_limit: int = 0
+    inconclusive_limit: int = 3
+    min_requests: int = 50
+    alpha: float = 0.01
+    psi0: float = 1.2
+    max_dwell: int = judges.MAX_DWELL
+    dwell_ratio: float = judges.DWELL_RATIO
+    dwell_factor: float = judges.DWELL_FACTOR
+    dwell_min_bad: float = judges.DWELL_MIN_BAD
+    floor_confidence: float = judges.FLOOR_CONFIDENCE
+
+    def policy(self, latency: bool, sec: float) -> dict[str, Any]:
+        """The AnalysisPolicy snapshot stored with the replayed rollout. Error cells: a policy
+        with the success rate only; latency cells: the default metrics (success rate and p99)."""
+        from canaryctl.policy import parse_policy
+
+        metrics: list[dict[str, Any]] = [{"name": "request-success-rate", "min": FLOOR_PCT}]
+        if latency:
+            metrics.append({"name": "request-duration", "max": P99_MS})
+        spec = {
+            "steps": list(WEIGHTS),
+            "interval": f"{sec:g}s",
+            "judge": self.judge,
+            "failureLimit": self.failure_limit,
+            "inconclusiveLimit": self.inconclusive_limit,
+            "minRequests": self.min_requests,
+            "alpha": self.alpha,
+            "psi0": self.psi0,
+            "metrics": metrics,
+        }
+        return parse_policy({"spec": spec}, source="benchmark policy").snapshot()
+
+    def patch_judges(self) -> None:
+        """Make ``canaryctl.judges`` use this rule's constants (a no-op for the product's)."""
+        for f, name in JUDGE_CONSTANTS.items():
+            setattr(judges, name, getattr(self, f))
+
+
+POLICIES = {
+    "a": "(a) Flagger: 5 failures",
+    "b": "(b) thresholds, failureLimit 0",
+    "b2": "(b') thresholds, failureLimit 2",
+    "c": "(c) sequential",
+    "c2": "(c') sequential, inconclusiveLimit 20",
+    "d": "(d) naive z-test",
+}
+SHORT = {"a": "(a)", "b": "(b)", "b2": "(b')", "c": "(c)", "c2": "(c')", "d": "(d)"}
+
+
+def rules(design: dict[str, Any]) -> dict[str, Rule]:
+    """(b)/(b') canaryctl's threshold judge; (c)/(c') its sequential judge (+ --design)."""
+    return {
+        "b": Rule(judge="threshold"),
+        "b2": Rule(judge="threshold", failure_limit=2),
+        "c": replace(Rule(), **design),
+        "c2": replace(Rule(inconclusive_limit=20), **design),
+    }
 
 
 @dataclass
@@ -274,10 +390,26 @@ class Result:
     status: np.ndarray
     time: np.ndarray  # seconds to the decision
     bad_served: np.ndarray  # canary errors (error cells) / slow requests (latency cells)
-    reason: np.ndarray  # 0 none, 1 threshold/failures, 2 e-process, 3 floor, 4 no data
+    reason: np.ndarray  # 0 none, 1 threshold, 2 e-process, 3 floor, 4 inconclusive limit
 
 
-def simulate(cell: Cell, policy: str, runs: int, seed: int, sec: float, design: Design) -> Result:
+@dataclass
+class Check:
+    """How much of a cell was replayed through the product code."""
+
+    runs: int = 0
+    intervals: int = 0
+    ties: int = 0  # replays stopped at a numerical tie (twin and product within 1e-7)
+
+    def __iadd__(self, other: Check) -> Check:
+        self.runs += other.runs
+        self.intervals += other.intervals
+        self.ties += other.ties
+        return self
+
+
+def simulate_baseline(cell: Cell, policy: str, runs: int, seed: int, sec: float) -> Result:
+    """(a) Flagger-style thresholds and (d) the naive repeated z-test (not canaryctl)."""
     rng = np.random.default_rng(seed)
     nm = 2 if cell.latency else 1
     status = np.zeros(runs, int)
@@ -286,268 +418,389 @@ def simulate(cell: Cell, policy: str, runs: int, seed: int, sec: float, design: 
     served = np.zeros(runs)
     reason = np.zeros(runs, int)
     failures = np.zeros(runs, int)
-    holds = np.zeros(runs, int)
-    dwell = np.zeros(runs, int)
-    step_start = np.zeros(runs, int)
-    fholds = np.zeros(runs, int)  # interval at which the current weight was set
-    # window since the weight was set, per metric: nc, bc, ns, bs (+ histograms)
-    win = np.zeros((nm, 4, runs))
-    nb = len(ISTIO_BUCKETS_MS) + 1
-    win_h = np.zeros((runs, nb), int)
     cum = np.zeros((nm, 4, runs))  # since start, (d)
-    alpha = ALPHA / nm
-    twins = [Twin(runs, PSI0, alpha, design.gate or GATE_RHO) for _ in range(nm)]
-    sample = min(SAMPLE_RUNS, runs) if policy == "c" else 0
-    hist: list[list[list[stats.StepCounts]]] = [[[] for _ in range(sample)] for _ in range(nm)]
     w_arr = np.array(WEIGHTS) / 100.0
-    t_max = design.deadline if policy == "c" else 40
-    for t in range(t_max):
+    for t in range(40):
         idx = np.nonzero(status == RUNNING)[0]
         if idx.size == 0:
             break
         cs = generate(cell, w_arr[step[idx]], step[idx], t, rng, sec)
-        served[idx] += cs[-1].bc if cell.latency else cs[0].bc
+        served[idx] += cs[-1].bc
         for m, c in enumerate(cs):
             for j, arr in enumerate((c.nc, c.bc, c.ns, c.bs)):
-                win[m, j, idx] += arr
                 cum[m, j, idx] += arr
-        if cell.latency:
-            win_h[idx] += cs[1].hist_c
         last = step[idx] == len(WEIGHTS) - 1
-        advance = np.zeros(idx.size, bool)
         rollback = np.zeros(idx.size, bool)
-        why = np.zeros(idx.size, int)
-        reset = np.zeros(idx.size, bool)
         c0 = cs[0]
         if policy == "a":  # Flagger: per-interval checks, 5 cumulative failures
             with np.errstate(invalid="ignore", divide="ignore"):
-                fail = (c0.nc == 0) | ((c0.nc - c0.bc) / c0.nc < FLOOR)
+                fail = (c0.nc == 0) | ((c0.nc - c0.bc) / c0.nc < FLOOR_PCT / 100)
             if cell.latency:
                 p99 = histogram_p99(cs[1].hist_c)
                 fail |= np.isnan(p99) | (p99 > P99_MS)
             failures[idx] += fail
             rollback = failures[idx] >= 5
-            why[:] = 1
+            why = R_THRESHOLD
             advance = ~fail
-        elif policy in ("b", "b2"):
-            limit = 0 if policy == "b" else 2
-            n = win[0, 0, idx]
-            few = n < design.min_requests
-            holds[idx] = np.where(few, holds[idx] + 1, 0)
-            with np.errstate(invalid="ignore", divide="ignore"):
-                fail = ~few & ((n - win[0, 1, idx]) / n < FLOOR)
-            if cell.latency:
-                p99 = histogram_p99(win_h[idx])
-                fail |= ~few & (p99 > P99_MS)
-            failures[idx] += fail
-            rollback = (failures[idx] > limit) | (holds[idx] > 3)
-            why = np.where(holds[idx] > 3, 4, 1)
-            advance = ~few & ~fail
-            reset = fail
-        elif policy == "d":  # naive z-test on cumulative counts after every interval
+        else:  # (d) naive one-sided z-test at 5 % on cumulative counts after every interval
             for m in range(nm):
                 ncm, bcm, nsm, bsm = cum[m][:, idx]
                 with np.errstate(invalid="ignore", divide="ignore"):
                     p = (bcm + bsm) / (ncm + nsm)
                     z = (bcm / ncm - bsm / nsm) / np.sqrt(p * (1 - p) * (1 / ncm + 1 / nsm))
                 rollback |= np.nan_to_num(z, nan=0.0, posinf=0.0, neginf=0.0) > 1.6448536
-            why[:] = 2
+            why = R_TEST
             advance = ~rollback
-        else:  # (c) canaryctl sequential
-            gate_wait = np.zeros(idx.size, bool)
-            floor_hold = np.zeros(idx.size, bool)
-            for m, c in enumerate(cs):
-                tw = twins[m]
-                tw.update(idx, c)
-                rej = tw.log_e(idx) >= math.log(1 / alpha)
-                rollback |= rej
-                why = np.where(rej & (why == 0), 2, why)
-                # dwell only where it can be informative: this metric's stable rate so far x
-                # this interval's requests x max_dwell >= gate_min_errors (canary-independent)
-                with np.errstate(invalid="ignore", divide="ignore"):
-                    r_s = np.nan_to_num(cum[m, 3, idx] / cum[m, 2, idx])
-                useful = r_s * (c.nc + c.ns) * design.max_dwell >= design.gate_min_errors
-                gate_wait |= ~tw.gate_ok(idx) & useful
-                fb = floor_breach(win[m][:, idx], cum[m][:, idx], design)
-                conc = concurrent_stable(win[m][:, idx], design)
-                # no concurrent stable data: a breach may be the environment's -> hold, re-check
-                floor_hold |= fb & ~conc
-                fb &= conc & ~rej & ~rollback
-                rollback |= fb
-                why = np.where(fb & (why == 0), 3, why)
-                _check_sample(
-                    cell, t, idx, c, tw, hist[m], alpha, design, win[m], cum[m], step_start
-                )
-            few = win[0, 0, idx] < design.min_requests
-            holds[idx] = np.where(few, holds[idx] + 1, 0)
-            if design.hold_limit is not None:
-                nodata = holds[idx] > design.hold_limit
-                why = np.where(nodata & ~rollback, 4, why)
-                rollback |= nodata
-            fholds[idx] = np.where(floor_hold, fholds[idx] + 1, 0)
-            fail_floor = (fholds[idx] > design.floor_holds) & ~rollback
-            why = np.where(fail_floor, 3, why)
-            rollback |= fail_floor
-            need_gate = np.zeros(idx.size, bool)
-            if design.gate is not None:
-                at = np.array(WEIGHTS)[step[idx]] >= design.gate_from_weight
-                need_gate = at & ~last & gate_wait & (dwell[idx] < design.max_dwell)
-            advance = ~few & ~need_gate & ~floor_hold
-            reset = floor_hold  # re-check on a fresh interval: bursts pass, a bad canary does not
-            dwell[idx] = np.where(~few & need_gate, dwell[idx] + 1, dwell[idx])
-        rollback &= status[idx] == RUNNING
         promote = ~rollback & advance & last
         adv = ~rollback & advance & ~last
         status[idx[rollback]] = ROLLED_BACK
         status[idx[promote]] = PROMOTED
-        reason[idx[rollback]] = why[rollback]
-        done = rollback | promote
-        dtime[idx[done]] = (t + 1) * sec
+        reason[idx[rollback]] = why
+        dtime[idx[rollback | promote]] = (t + 1) * sec
         step[idx[adv]] += 1
-        clear = idx[adv | reset]
-        win[:, :, clear] = 0
-        win_h[clear] = 0
-        if policy == "c":
-            dwell[idx[adv]] = 0
-            step_start[idx[adv]] = t + 1
-            if design.gate_window == "step":
-                for tw in twins:
-                    tw.reset_gate(idx[adv])
-    left = status == RUNNING
-    status[left] = ABORTED
-    reason[left] = 4
-    dtime[left] = t_max * sec
+    assert (status != RUNNING).all(), (cell.label, policy)
     return Result(status, dtime, served, reason)
 
 
-def floor_breach(w: np.ndarray, cum: np.ndarray, design: Design) -> np.ndarray:
-    """(c)'s absolute floor on the window since the weight was set (rows nc, bc, ns, bs).
+# --- canaryctl: the numpy twin of the product rule -----------------------------------------
 
-    Breach = at least min_requests canary requests, the canary's Wilson upper bound on its good
-    share is below the floor (we are confident the canary misses it) AND stable is confidently
-    meeting the floor (its Wilson lower bound is at or above it) -- on the same window, or on the
-    whole rollout so far when the window has fewer than min_requests stable requests. If stable
-    might itself be below the floor, a breach is the environment's, not the canary's: the
-    relative test decides.
+
+def simulate_rule(
+    cell: Cell, rule: Rule, runs: int, seed: int, sec: float, sample: int
+) -> tuple[Result, Check]:
+    """canaryctl's judge (``rule.judge``) and ``rollout.decide``, vectorised over the runs.
+
+    Per analysis (one interval ``sec``; every decision restarts the window):
+
+    - threshold metrics (``analysis.judge_metric`` on the last interval): the p99 <= 500 ms
+      (latency cells; ``histogram_quantile`` of the interval's buckets), and for the threshold
+      judge the success rate >= 99 %; fewer than minRequests canary requests = inconclusive;
+    - sequential judge: the e-process of every sequential metric over the whole rollout
+      (alpha / number of metrics each), rejected -> fail; the success-rate floor on the
+      intervals since the weight was set (``judges._floor``); the dwell (``judges._dwell_reason``);
+    - ``combine`` (fail > inconclusive > pass) and ``decide`` (failureLimit, inconclusiveLimit,
+      dwell, advance, promote).
+
+    The first ``sample`` runs are replayed through the product code at every interval.
     """
-    nc, bc, ns, bs = w
-    enough = nc >= design.min_requests
-    if design.floor == "none":
-        return np.zeros(nc.shape, bool)
-    if design.floor == "point":
-        return enough & ((nc - bc) < FLOOR * nc)
-    breach = enough & (wilson_upper(nc - bc, nc, design.floor_conf) < FLOOR)
-    if design.floor == "wilson+stable":
-        ref_n = np.where(ns >= design.min_requests, ns, cum[2])
-        ref_b = np.where(ns >= design.min_requests, bs, cum[3])
-        breach &= wilson_lower(ref_n - ref_b, ref_n, design.floor_conf) >= FLOOR
-    return breach
+    rule.patch_judges()
+    rng = np.random.default_rng(seed)
+    seq = rule.judge == "sequential"
+    nm = 2 if cell.latency else 1
+    status = np.zeros(runs, int)
+    step = np.zeros(runs, int)
+    dtime = np.full(runs, np.nan)
+    served = np.zeros(runs)
+    reason = np.zeros(runs, int)
+    failed = np.zeros(runs, int)
+    streak = np.zeros(runs, int)  # inconclusive analyses in a row
+    dwelt = np.zeros(runs, int)  # dwell holds at the current step
+    here = np.zeros((nm, 4, runs))  # counts since the weight was set: nc, bc, ns, bs
+    cum = np.zeros((nm, 4, runs))  # counts of the whole rollout
+    alpha_m = rule.alpha / nm  # as judges.sequential_results: alpha split between the tests
+    log_thr = math.log(1.0 / alpha_m)
+    twins = [Twin(runs, rule.psi0, rule.dwell_ratio, rule.alpha) for _ in range(nm)]
+    replays = [Replay(cell, rule, sec, r) for r in range(min(sample, runs))]
+    check = Check(runs=len(replays))
+    w_arr = np.array(WEIGHTS) / 100.0
+    last_step = len(WEIGHTS) - 1
+    per_step = (rule.inconclusive_limit + 1) * (rule.max_dwell + rule.failure_limit + 2)
+    for t in range(len(WEIGHTS) * per_step + 1):
+        idx = np.nonzero(status == RUNNING)[0]
+        if idx.size == 0:
+            break
+        st = step[idx]
+        cs = generate(cell, w_arr[st], st, t, rng, sec)
+        served[idx] += cs[-1].bc
+        for m, c in enumerate(cs):
+            for j, arr in enumerate((c.nc, c.bc, c.ns, c.bs)):
+                here[m, j, idx] += arr
+                cum[m, j, idx] += arr
+        c0 = cs[0]
+        n = idx.size
+        v = {  # verdicts, named as in the product's StepAnalysis
+            "fail_threshold": np.zeros(n, bool),
+            "inconclusive_threshold": np.zeros(n, bool),
+        }
+        if not seq:  # request-success-rate as a threshold on the interval's rate()
+            with np.errstate(invalid="ignore", divide="ignore"):
+                rate = 100 - 100 * (c0.bc / c0.nc)
+            v["sr_inc"] = (c0.nc < rule.min_requests) | np.isnan(rate)
+            v["sr_fail"] = ~v["sr_inc"] & (rate < FLOOR_PCT)
+            v["fail_threshold"] |= v["sr_fail"]
+            v["inconclusive_threshold"] |= v["sr_inc"]
+        if cell.latency:  # request-duration max: p99 of the interval, in either judge
+            assert cs[1].hist_c is not None
+            v["p99"] = histogram_p99(cs[1].hist_c)
+            v["p99_inc"] = (c0.nc < rule.min_requests) | np.isnan(v["p99"])
+            v["p99_fail"] = ~v["p99_inc"] & (v["p99"] > P99_MS)
+            v["fail_threshold"] |= v["p99_fail"]
+            v["inconclusive_threshold"] |= v["p99_inc"]
+        reject = np.zeros(n, bool)
+        floor_fail = np.zeros(n, bool)
+        floor_inc = np.zeros(n, bool)
+        dwell = np.zeros(n, bool)
+        if seq:
+            v["log_e"] = []
+            for m, c in enumerate(cs):
+                twins[m].update(idx, c)
+                le = twins[m].log_e(idx)
+                v["log_e"].append(le)
+                reject |= le >= log_thr
+            # success-rate floor on the counts since the weight was set (judges._floor)
+            nch, bch, nsh, bsh = here[0][:, idx]
+            floor_inc = nch < rule.min_requests
+            v["floor_hi"] = _wilson(nch - bch, nch, rule.floor_confidence)[1]
+            below = v["floor_hi"] < FLOOR_PCT / 100
+            own = nsh >= rule.min_requests
+            ref_n = np.where(own, nsh, cum[0][2, idx])
+            ref_b = np.where(own, bsh, cum[0][3, idx])
+            v["stable_lo"] = _wilson(ref_n - ref_b, ref_n, rule.floor_confidence)[0]
+            stable_ok = (ref_n >= rule.min_requests) & (v["stable_lo"] >= FLOOR_PCT / 100)
+            floor_fail = ~floor_inc & below & stable_ok
+            # dwell (judges._dwell_reason): middle steps, dwell budget left, and for some metric
+            # the CS since the weight was set still reaches dwell_ratio while waiting could
+            # settle it: stable's bad share so far x this window's requests x factor >= min_bad
+            total = c0.nc + c0.ns
+            want = np.zeros(n, bool)
+            v["gate_margin"] = []
+            for m in range(nm):
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    bad_rate = np.where(cum[m][2, idx] > 0, cum[m][3, idx] / cum[m][2, idx], 0.0)
+                useful = bad_rate * total * rule.dwell_factor >= rule.dwell_min_bad
+                want |= ~twins[m].upper_below_gate(idx) & useful
+                v["gate_margin"].append(np.where(useful, twins[m].gate_margin(idx), np.inf))
+            dwell = (st > 0) & (st < last_step) & (dwelt[idx] < rule.max_dwell) & want
+        fail = reject | floor_fail | v["fail_threshold"]
+        inconclusive = ~fail & (floor_inc | v["inconclusive_threshold"])
+        passed = ~fail & ~inconclusive
+        # rollout.decide
+        failed[idx] += fail
+        rb_fail = fail & (reject | (failed[idx] > rule.failure_limit))
+        streak[idx] = np.where(inconclusive, streak[idx] + 1, 0)
+        rb_inc = inconclusive & (streak[idx] > rule.inconclusive_limit)
+        dw = passed & dwell
+        last = st == last_step
+        promote = passed & ~dw & last
+        adv = passed & ~dw & ~last
+        rollback = rb_fail | rb_inc
+        why = np.select(
+            [reject, floor_fail, v["fail_threshold"]],
+            [R_TEST, R_FLOOR, R_THRESHOLD],
+            R_INCONCLUSIVE,
+        )
+        action = np.select(
+            [rollback, promote, adv, dw], ["rollback", "promote", "advance", "dwell"], "hold"
+        )
+        v.update(floor_inc=floor_inc, floor_fail=floor_fail, dwell=dw, action=action)
+        for p in np.nonzero(idx < len(replays))[0]:
+            rep = replays[int(idx[p])]
+            if not rep.done:
+                check.intervals += 1
+                check.ties += rep.compare(t, (t + 1) * sec, cs, int(p), v)
+        status[idx[rollback]] = ROLLED_BACK
+        status[idx[promote]] = PROMOTED
+        reason[idx[rollback]] = why[rollback]
+        dtime[idx[rollback | promote]] = (t + 1) * sec
+        moved = idx[adv]
+        step[moved] += 1
+        dwelt[idx[dw]] += 1
+        dwelt[moved] = 0
+        here[:, :, moved] = 0
+        for tw in twins:
+            tw.reset_gate(moved)
+    assert (status != RUNNING).all(), (cell.label, rule)
+    assert all(r.done for r in replays), cell.label
+    return Result(status, dtime, served, reason), check
 
 
-def concurrent_stable(w: np.ndarray, design: Design) -> np.ndarray:
-    """The window has its own stable reference (>= min_requests stable requests)."""
-    return w[2] >= design.min_requests
+# --- canaryctl: the product code, on a sample of runs -----------------------------------------
+
+CANARY_WL, STABLE_WL = "bench-canary", "bench-stable"
+TIE = 1e-7  # a twin value this close to a decision boundary: stop replaying that run
 
 
-def _check_sample(
-    cell: Cell,
-    t: int,
-    idx: np.ndarray,
-    c: Counts,
-    tw: Twin,
-    hist: list[list[stats.StepCounts]],
-    alpha: float,
-    design: Design,
-    win: np.ndarray,
-    cum: np.ndarray,
-    step_start: np.ndarray,
-) -> None:
-    """Assert that the twin agrees with canaryctl.stats on the sampled runs."""
-    pos = np.nonzero(idx < len(hist))[0]
-    if pos.size == 0:
-        return
-    log_e, gate = tw.log_e(idx[pos]), tw.gate_ok(idx[pos])
-    fb = floor_breach(win[:, idx[pos]], cum[:, idx[pos]], design)
-    for p, le, g, f in zip(pos, log_e, gate, fb, strict=True):
-        r = int(idx[p])
-        hist[r].append(stats.StepCounts(int(c.nc[p]), int(c.bc[p]), int(c.ns[p]), int(c.bs[p])))
-        res = stats.sequential_test(hist[r], psi0=PSI0, alpha=alpha)
-        ref = math.log(res.e_value) if res.e_value > 0 else -math.inf
-        assert math.isclose(le, ref, rel_tol=1e-7, abs_tol=1e-7), (cell.label, t, le, ref)
-        if abs(le - math.log(res.threshold)) > 1e-7:
-            assert res.reject == (le >= math.log(res.threshold)), (cell.label, t)
-        if design.gate is not None:
-            if design.gate_window == "step":
-                ci = stats.sequential_test(
-                    hist[r][step_start[r] :], psi0=PSI0, alpha=alpha
-                ).ratio_ci
-            else:
-                ci = res.ratio_ci
-            assert bool(g) == (ci[1] < design.gate), (cell.label, t, ci)
-        if design.floor == "wilson+stable":
-            nc, bc, ns, bs = (int(x) for x in win[:, r])
-            lo_hi = stats.wilson_interval(nc - bc, nc, design.floor_conf)
-            ref_n, ref_b = (ns, bs) if ns >= design.min_requests else (cum[2, r], cum[3, r])
-            ref = stats.wilson_interval(int(ref_n - ref_b), int(ref_n), design.floor_conf)
-            stable_ok = ref[0] >= FLOOR
-            expect = nc >= design.min_requests and lo_hi[1] < FLOOR and stable_ok
-            assert bool(f) == expect, (cell.label, t, nc, bc, ns, bs)
+class SimProvider:
+    """The metrics provider the product reads in a replay: one interval of one simulated run.
+
+    Counters are exact (no ``increase()`` extrapolation); ``measure`` returns what the built-in
+    queries would: success rate = 100 - 100 x 5xx / requests over the window, p99 =
+    ``histogram_quantile(0.99)`` of the window's buckets, and the canary's request count.
+    """
+
+    def __init__(self, sec: float) -> None:
+        self.sec = sec
+        self.now = 0.0
+        self.req: dict[str, tuple[int, int]] = {}
+        self.hist: dict[str, np.ndarray] = {}
+        self.p99 = (math.nan, math.nan)
+
+    def load(self, now: float, cs: list[Counts], p: int, v: dict[str, Any]) -> None:
+        c0 = cs[0]
+        self.now = now
+        self.req = {
+            "canary": (int(c0.nc[p]), int(c0.bc[p])),
+            "stable": (int(c0.ns[p]), int(c0.bs[p])),
+        }
+        if len(cs) > 1:
+            hc, hs = cs[1].hist_c, cs[1].hist_s
+            assert hc is not None and hs is not None
+            self.hist = {"canary": hc[p], "stable": hs[p]}
+            self.p99 = (float(v["p99"][p]), float(histogram_p99(hs[p : p + 1])[0]))
+
+    def _side(self, workload: str, start: float, end: float) -> str:
+        assert end == self.now and end - start == self.sec, ("window", start, end, self.now)
+        return {CANARY_WL: "canary", STABLE_WL: "stable"}[workload]
+
+    def measure(self, metric: Any, ctx: Any) -> Measurement:
+        assert ctx.at == self.now and ctx.window_seconds == self.sec, ("window", ctx)
+        (nc, bc), (ns, bs) = self.req["canary"], self.req["stable"]
+        if metric.name == "request-success-rate":
+            canary = 100 - 100 * (bc / nc) if nc else math.nan
+            stable = 100 - 100 * (bs / ns) if ns else math.nan
+        elif metric.name == "request-duration":
+            canary, stable = self.p99
+        else:
+            raise ValueError(metric.name)
+        return Measurement(metric.name, canary, stable, canary_requests=float(nc))
+
+    def counts(self, *, namespace: str, workload: str, start: float, end: float) -> WorkloadCounts:
+        n, bad = self.req[self._side(workload, start, end)]
+        return WorkloadCounts(requests=n, errors=bad)
+
+    def bucket_counts(
+        self, *, namespace: str, workload: str, start: float, end: float
+    ) -> tuple[dict[float, float], dict[float, float]]:
+        cum = np.cumsum(self.hist[self._side(workload, start, end)])
+        return {}, {le: float(x) for le, x in zip((*ISTIO_BUCKETS_MS, math.inf), cum, strict=True)}
+
+
+def _quiet_product_logs() -> None:
+    import structlog
+
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.ERROR))
+
+
+class Replay:
+    """One run driven through canaryctl itself: ``Controller.analyse`` (threshold metrics,
+    ``judges.measure_counts`` / ``sequential_results``, ``combine``) on the simulated interval,
+    then ``rollout.decide``. ``compare`` asserts that the twin decided the same."""
+
+    def __init__(self, cell: Cell, rule: Rule, sec: float, run: int) -> None:
+        self.cell, self.rule, self.run = cell, rule, run
+        self.provider = SimProvider(sec)
+        self.ctrl = Controller(
+            kube=None,  # type: ignore[arg-type]  # analyse() reads metrics only
+            router=None,  # type: ignore[arg-type]
+            provider_for=lambda _spec: self.provider,
+        )
+        dest = {"host": "bench", "subset": None}
+        self.state = rollout.begin(
+            app="bench",
+            namespace="bench",
+            virtual_service="bench",
+            mode="host",
+            stable=dest,
+            canary=dest,
+            stable_workload=STABLE_WL,
+            canary_workload=CANARY_WL,
+            policy=rule.policy(bool(cell.latency), sec),
+            current_canary_weight=0,
+            now=0.0,
+        )
+        self.done = False
+
+    def compare(self, t: int, now: float, cs: list[Counts], p: int, v: dict[str, Any]) -> int:
+        """Replay one interval; 1 if the run was dropped at a numerical tie, else 0."""
+        seq = self.rule.judge == "sequential"
+        margins = [abs(v["p99"][p] - P99_MS)] if "p99" in v else []
+        if seq:
+            margins += [
+                abs(le[p] - math.log(1.0 / (self.rule.alpha / len(cs)))) for le in v["log_e"]
+            ]
+            margins += [abs(g[p]) for g in v["gate_margin"]]
+            margins += [abs(v[k][p] - FLOOR_PCT / 100) for k in ("floor_hi", "stable_lo")]
+        if min(margins, default=math.inf) < TIE:
+            self.done = True
+            return 1
+        self.provider.load(now, cs, p, v)
+        analysis = self.ctrl.analyse(self.state, now)
+        decision = rollout.decide(self.state, analysis, now=now)
+        self.state = decision.state
+        got = {r.name: r for r in analysis.metrics}
+        where = (self.cell.label, self.rule, f"run {self.run}", f"interval {t + 1}")
+
+        def verdict(fail: np.ndarray, inc: np.ndarray) -> str:
+            return "fail" if fail[p] else "inconclusive" if inc[p] else "pass"
+
+        if seq:
+            names = ("sequential-error-rate", "sequential-latency")[: len(cs)]
+            for name, le in zip(names, v["log_e"], strict=True):
+                e = got[name].value
+                assert e is not None
+                if e >= 1e308:  # the product caps an overflowing e-value
+                    assert le[p] >= 709.0, (where, name, le[p], e)
+                else:
+                    ref = math.log(e)
+                    assert math.isclose(le[p], ref, rel_tol=1e-7, abs_tol=1e-7), (where, name)
+            floor = verdict(v["floor_fail"], v["floor_inc"])
+            assert got["success-rate-floor"].verdict == floor, (where, floor, got)
+        else:
+            sr = verdict(v["sr_fail"], v["sr_inc"])
+            assert got["request-success-rate"].verdict == sr, (where, sr, got)
+        if "p99" in v:
+            p99 = verdict(v["p99_fail"], v["p99_inc"])
+            assert got["request-duration"].verdict == p99, (where, p99, got)
+        if analysis.verdict == "pass":
+            assert (analysis.dwell is not None) == bool(v["dwell"][p]), (where, analysis.dwell)
+        assert decision.action == v["action"][p], (where, decision.action, v["action"][p], got)
+        self.done = decision.action in ("promote", "rollback")
+        return 0
 
 
 # --- aggregation and report -----------------------------------------------------------------
 
-POLICIES = {
-    "a": "(a) Flagger: 5 failures",
-    "b": "(b) thresholds, failureLimit 0",
-    "b2": "(b') thresholds, failureLimit 2",
-    "c": "(c) sequential",
-    "d": "(d) naive z-test",
-}
+Summary = dict[str, float]
+CellResult = tuple[Cell, dict[str, Summary], Check]
 
 
 def wilson(x: int, n: int) -> tuple[float, float]:
     return stats.wilson_interval(x, n, 0.95)
 
 
-def summarise(res: Result, good: bool) -> dict[str, float]:
+def summarise(res: Result) -> Summary:
     n = res.status.size
     rb = int((res.status == ROLLED_BACK).sum())
-    ab = int((res.status == ABORTED).sum())
     pr = int((res.status == PROMOTED).sum())
     det = res.status == ROLLED_BACK
     t_all = np.where(det, res.time, np.inf)
-    out: dict[str, float] = {
+    return {
         "n": n,
         "rolled_back": rb / n,
-        "aborted": ab / n,
         "promoted": pr / n,
         "not_promoted": (n - pr) / n,
-        "not_promoted_hi": wilson(n - pr, n)[1],
         "not_promoted_lo": wilson(n - pr, n)[0],
-        "detect_lo": wilson(rb, n)[0],
-        "detect_hi": wilson(rb, n)[1],
+        "not_promoted_hi": wilson(n - pr, n)[1],
         "ttd_median_all": float(np.median(t_all)),
         "ttd_median": float(np.median(res.time[det])) if det.any() else math.nan,
         "ttd_p90": float(np.percentile(res.time[det], 90)) if det.any() else math.nan,
         "served_mean": float(res.bad_served.mean()),
         "promote_median": float(np.median(res.time[res.status == PROMOTED])) if pr else math.nan,
-        "by_test": float((det & (res.reason == 2)).mean()),
-        "by_floor": float((det & (res.reason == 3)).mean()),
-        "by_nodata": float(((res.reason == 4) & (res.status != PROMOTED)).mean()),
-        "by_threshold": float((det & (res.reason == 1)).mean()),
+        "by_threshold": float((det & (res.reason == R_THRESHOLD)).mean()),
+        "by_test": float((det & (res.reason == R_TEST)).mean()),
+        "by_floor": float((det & (res.reason == R_FLOOR)).mean()),
+        "by_inconclusive": float((det & (res.reason == R_INCONCLUSIVE)).mean()),
     }
-    return out
 
 
-def run_cell(
-    args: tuple[int, Cell, int, int, float, Design],
-) -> tuple[Cell, dict[str, dict[str, float]]]:
-    i, cell, runs, seed, sec, design = args
-    out = {}
-    for p in POLICIES:
-        res = simulate(cell, p, runs, seed * 100_003 + i, sec, design)
-        out[p] = summarise(res, cell.good)
-    return cell, out
+def run_one(args: tuple[int, Cell, str, int, int, float, int, dict[str, Any]]) -> Any:
+    i, cell, policy, runs, seed, sec, sample, design = args
+    _quiet_product_logs()
+    s = seed * 100_003 + i  # every policy sees the same seed in a cell
+    if policy in ("a", "d"):
+        return i, policy, summarise(simulate_baseline(cell, policy, runs, s, sec)), Check()
+    res, check = simulate_rule(cell, rules(design)[policy], runs, s, sec, sample)
+    return i, policy, summarise(res), check
 
 
 def pct(x: float) -> str:
@@ -558,197 +811,299 @@ def secs(x: float) -> str:
     return "never" if math.isinf(x) else ("-" if math.isnan(x) else f"{x:.0f}")
 
 
-def check_targets(results: list[tuple[Cell, dict[str, dict[str, float]]]]) -> list[str]:
-    lines = []
-    good = [(c, r) for c, r in results if c.good]
-    if not good or len(good) == len(results):
-        return ["(targets are checked on the full grid only)"]
-    worst = max(good, key=lambda cr: cr[1]["c"]["not_promoted"])
-    bad_fr = [(c, r) for c, r in good if r["c"]["not_promoted"] > ALPHA]
-    lines.append(
-        f"1. **False rollback <= 1 % for (c) in every good-canary cell**: "
-        f"{'MET' if not bad_fr else 'NOT MET'} -- worst cell `{worst[0].label}`: "
-        f"{pct(worst[1]['c']['not_promoted'])} % "
-        f"(95 % Wilson {pct(worst[1]['c']['not_promoted_lo'])}-"
-        f"{pct(worst[1]['c']['not_promoted_hi'])} %)"
-        + (
-            ""
-            if not bad_fr
-            else "; above 1 %: "
-            + ", ".join(f"`{c.label}` {pct(r['c']['not_promoted'])} %" for c, r in bad_fr)
+def target_rows(results: list[CellResult], p: str) -> list[tuple[str, bool, str]]:
+    """(target, met, detail) for policy ``p``."""
+    good = [(c, r) for c, r, _ in results if c.good]
+    over = [(c, r) for c, r in good if r[p]["not_promoted"] > 0.01]
+    worst = max(good, key=lambda cr: cr[1][p]["not_promoted"])
+    w = worst[1][p]
+    detail = (
+        f"{len(good) - len(over)} of {len(good)} cells; worst `{worst[0].label}` "
+        f"{pct(w['not_promoted'])} % (95 % CI {pct(w['not_promoted_lo'])}-"
+        f"{pct(w['not_promoted_hi'])})"
+    )
+    if over:
+        detail += "; above 1 %: " + ", ".join(
+            f"`{c.label}` {pct(r[p]['not_promoted'])}" for c, r in over
         )
-    )
+    out = [("false rollback <= 1 % in every good-canary cell", not over, detail)]
+    rows, ok_all = [], True
+    for c, r, _ in results:
+        if c.scenario == "k=3" and c.rate in (10, 100):
+            tc, ta = r[p]["ttd_median_all"], r["a"]["ttd_median_all"]
+            ok_all &= tc <= ta
+            rows.append(
+                f"`{c.label}` {secs(tc)} vs {secs(ta)} s ({pct(r[p]['rolled_back'])} vs "
+                f"{pct(r['a']['rolled_back'])} % detected){'' if tc <= ta else ' WORSE'}"
+            )
+    out.append(("k = 3 at 10 and 100 req/s: median time-to-detect <= (a)", ok_all, "; ".join(rows)))
     sub = [
         (c, r)
-        for c, r in results
-        if c.family == "errors" and c.scenario == "k=3" and c.rate in (10, 100)
-    ]
-    rows = []
-    ok_all = True
-    for c, r in sub:
-        tc, ta = r["c"]["ttd_median_all"], r["a"]["ttd_median_all"]
-        ok = tc <= ta
-        ok_all &= ok
-        rows.append(f"`{c.label}`: (c) {secs(tc)} s vs (a) {secs(ta)} s {'ok' if ok else 'WORSE'}")
-    lines.append(
-        "2. **k = 3 at 10 and 100 req/s: median time-to-detect of (c) <= (a)** "
-        "(median over all bad runs, a run never rolled back counts as never): "
-        f"{'MET' if ok_all else 'NOT MET'} -- " + "; ".join(rows)
-    )
-    sub = [
-        (c, r)
-        for c, r in results
+        for c, r, _ in results
         if c.family == "errors" and not c.good and c.k >= 3 and c.rate == 100
     ]
-    worst = max(sub, key=lambda cr: cr[1]["c"]["promoted"])
-    lines.append(
-        "3. **No bad canary with k >= 3 promoted at 100 req/s (c)**: "
-        f"{'MET' if worst[1]['c']['promoted'] == 0 else 'NOT MET'} -- worst `{worst[0].label}`: "
-        f"{pct(worst[1]['c']['promoted'])} % promoted ((a): {pct(worst[1]['a']['promoted'])} %)"
+    promoted = [(c, r) for c, r in sub if r[p]["promoted"] > 0]
+    detail = (
+        "0.0 % promoted in all "
+        + str(len(sub))
+        + " cells"
+        + (f" ((a) promotes {pct(max(r['a']['promoted'] for _, r in sub))} % at worst)")
+        if not promoted
+        else "; ".join(
+            f"`{c.label}` {pct(r[p]['promoted'])} % promoted ((a) {pct(r['a']['promoted'])})"
+            for c, r in promoted
+        )
     )
+    out.append(("no bad canary with k >= 3 promoted at 100 req/s", not promoted, detail))
+    return out
+
+
+def check_targets(results: list[CellResult]) -> list[str]:
+    if not any(c.good for c, _, _ in results) or all(c.good for c, _, _ in results):
+        return ["(targets are checked on the full grid only)"]
+    lines = []
+    for n, (target, met, detail) in enumerate(target_rows(results, "c"), 1):
+        alt = target_rows(results, "c2")[n - 1]
+        lines.append(
+            f"{n}. **{target}**: (c) **{'MET' if met else 'NOT MET'}** -- {detail}. "
+            f"(c'): {'met' if alt[1] else 'not met'} -- {alt[2]}."
+        )
     return lines
 
 
-def report(results: list[tuple[Cell, dict[str, dict[str, float]]]], meta: str, out: Path) -> None:
-    md = ["# Judgement benchmark", "", meta, "", "## Targets", ""]
+def report(results: list[CellResult], meta: str, out: Path) -> None:
+    ps = list(POLICIES)
+    md = ["# Judgement benchmark", "", meta, "", "Policies:", ""]
+    md += [f"- {POLICIES[p]}" for p in ps]
+    md += ["", "## Targets", ""]
     md += check_targets(results)
-    md += ["", "## Good canaries: false-rollback rate (%), 95 % Wilson interval for (c)", ""]
-    md.append("Not promoted = rolled back or aborted. Time to promote: median seconds.")
-    md.append("")
-    hdr = (
-        "| cell | "
-        + " | ".join(POLICIES[p] for p in POLICIES)
-        + " | (c) 95 % CI | promote (a) s | promote (c) s |"
-    )
-    md += [hdr, "|" + "---|" * (len(POLICIES) + 4)]
-    for c, r in results:
-        if not c.good:
-            continue
-        md.append(
-            f"| {c.label} | "
-            + " | ".join(pct(r[p]["not_promoted"]) for p in POLICIES)
-            + f" | {pct(r['c']['not_promoted_lo'])}-{pct(r['c']['not_promoted_hi'])}"
-            + f" | {secs(r['a']['promote_median'])} | {secs(r['c']['promote_median'])} |"
-        )
-    md += ["", "## Bad canaries: detection (%), median time-to-detect (s), promoted (%)", ""]
+    md += ["", "## Good canaries: false-rollback rate (%)", ""]
     md.append(
-        "Detection = rolled back. Median over all runs (never = not detected in at least half); "
-        "[median / p90 among detected runs]. Served = mean canary errors (slow requests for "
-        "latency cells) served before the decision."
+        "Not promoted = rolled back (by any rule, including the inconclusive limit). "
+        "Time to promote: median seconds over promoted runs."
     )
-    md.append("")
-    hdr = (
-        "| cell | "
-        + " | ".join(f"{p} det %" for p in POLICIES)
-        + " | a t | c t | c [med/p90] | a promoted % | c promoted % | served a | served c |"
-    )
-    md += [hdr, "|" + "---|" * (len(POLICIES) + 9)]
-    for c, r in results:
+    md += ["", "| cell | " + " | ".join(SHORT[p] for p in ps) + " | (c) 95 % CI | promote "
+           "(a) s | promote (c) s | promote (c') s |"]  # fmt: skip
+    md.append("|" + "---|" * (len(ps) + 5))
+    for c, r, _ in results:
         if c.good:
-            continue
-        md.append(
-            f"| {c.label} | "
-            + " | ".join(pct(r[p]["rolled_back"]) for p in POLICIES)
-            + f" | {secs(r['a']['ttd_median_all'])} | {secs(r['c']['ttd_median_all'])}"
-            + f" | {secs(r['c']['ttd_median'])}/{secs(r['c']['ttd_p90'])}"
-            + f" | {pct(r['a']['promoted'])} | {pct(r['c']['promoted'])}"
-            + f" | {r['a']['served_mean']:.1f} | {r['c']['served_mean']:.1f} |"
-        )
-    md += ["", "## A/A calibration of (c): why good canaries were not promoted (%)", ""]
+            md.append(
+                f"| {c.label} | "
+                + " | ".join(pct(r[p]["not_promoted"]) for p in ps)
+                + f" | {pct(r['c']['not_promoted_lo'])}-{pct(r['c']['not_promoted_hi'])}"
+                + f" | {secs(r['a']['promote_median'])} | {secs(r['c']['promote_median'])}"
+                + f" | {secs(r['c2']['promote_median'])} |"
+            )
+    md += ["", "## Bad canaries: detection (%), time-to-detect (s), promoted (%)", ""]
     md.append(
-        "e-process = rejected by the sequential test (bounded by alpha = 1 %, by alpha/2 per "
-        "metric in latency cells); floor = absolute floor; no data = aborted at the deadline. "
-        "(d) shows what peeking with a fixed-sample z-test does in the same cells."
+        "Detection = rolled back. t = median over all runs (never = fewer than half rolled "
+        "back); [med/p90] = among rolled-back runs. Served = mean canary errors (slow requests "
+        "in latency cells) served before the decision."
     )
-    md.append("")
     md += [
-        "| cell | (c) e-process | (c) floor | (c) no data | (c) total [95 % CI] | (d) naive z |",
-        "|---|---|---|---|---|---|",
+        "",
+        "| cell | "
+        + " | ".join(f"{SHORT[p]} det" for p in ps)
+        + " | t (a) | t (c) | t (c') | (c) [med/p90] | promoted (a) | promoted (c) | "
+        "promoted (c') | served (a) | served (c) |",
+        "|" + "---|" * (len(ps) + 11),
     ]
-    for c, r in results:
+    for c, r, _ in results:
         if not c.good:
-            continue
-        rc = r["c"]
-        md.append(
-            f"| {c.label} | {pct(rc['by_test'])} | {pct(rc['by_floor'])} | {pct(rc['by_nodata'])}"
-            f" | {pct(rc['not_promoted'])}"
-            f" [{pct(rc['not_promoted_lo'])}-{pct(rc['not_promoted_hi'])}]"
-            f" | {pct(r['d']['rolled_back'])} |"
-        )
+            md.append(
+                f"| {c.label} | "
+                + " | ".join(pct(r[p]["rolled_back"]) for p in ps)
+                + f" | {secs(r['a']['ttd_median_all'])} | {secs(r['c']['ttd_median_all'])}"
+                + f" | {secs(r['c2']['ttd_median_all'])}"
+                + f" | {secs(r['c']['ttd_median'])}/{secs(r['c']['ttd_p90'])}"
+                + f" | {pct(r['a']['promoted'])} | {pct(r['c']['promoted'])}"
+                + f" | {pct(r['c2']['promoted'])}"
+                + f" | {r['a']['served_mean']:.1f} | {r['c']['served_mean']:.1f} |"
+            )
+    md += ["", "## A/A calibration: why good canaries were rolled back (%)", ""]
+    md.append(
+        "e-process = the sequential test rejected (bounded by alpha = 1 % over the rollout; "
+        "alpha/2 per test in latency cells); floor = success-rate floor; p99 = the absolute "
+        "`request-duration` threshold on one interval; inconclusive = more than "
+        "inconclusiveLimit inconclusive analyses in a row. (d) is the negative control: a "
+        "fixed-sample z-test at 5 % repeated after every step."
+    )
+    md += [
+        "",
+        "| cell | (c) e-process | (c) floor | (c) p99 | (c) inconclusive | (c) total [95 % CI] "
+        "| (c') total | (c') e-process + floor | (d) naive z |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for c, r, _ in results:
+        if c.good:
+            rc, r2 = r["c"], r["c2"]
+            md.append(
+                f"| {c.label} | {pct(rc['by_test'])} | {pct(rc['by_floor'])}"
+                f" | {pct(rc['by_threshold'])} | {pct(rc['by_inconclusive'])}"
+                f" | {pct(rc['not_promoted'])}"
+                f" [{pct(rc['not_promoted_lo'])}-{pct(rc['not_promoted_hi'])}]"
+                f" | {pct(r2['not_promoted'])} | {pct(r2['by_test'] + r2['by_floor'])}"
+                f" | {pct(r['d']['rolled_back'])} |"
+            )
     out.mkdir(parents=True, exist_ok=True)
     (out / "judgement.md").write_text("\n".join(md) + "\n")
     plot(results, out / "judgement.png")
 
 
-def plot(results: list[tuple[Cell, dict[str, dict[str, float]]]], path: Path) -> None:
+def plot(results: list[CellResult], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(3, 1, figsize=(16, 13))
-    good = [(c, r) for c, r in results if c.good]
-    bad = [(c, r) for c, r in results if not c.good]
-    marks = {"a": "o", "b": "s", "b2": "D", "c": "*", "d": "x"}
-    for p, name in POLICIES.items():
-        kw = {"marker": marks[p], "linestyle": "none", "label": name, "ms": 9 if p == "c" else 5}
-        axes[0].plot(range(len(good)), [100 * r[p]["not_promoted"] for _, r in good], **kw)
-        axes[1].plot(range(len(bad)), [100 * r[p]["rolled_back"] for _, r in bad], **kw)
-        axes[2].plot(
-            range(len(bad)),
-            [r[p]["ttd_median"] for _, r in bad],
-            **kw,
+    style = {
+        "a": ("o", "tab:blue"),
+        "b": ("s", "tab:orange"),
+        "b2": ("D", "tab:green"),
+        "c": ("*", "tab:red"),
+        "c2": ("P", "tab:purple"),
+        "d": ("x", "tab:gray"),
+    }
+    rates = sorted({c.rate for c, _, _ in results})
+    fig, axes = plt.subplots(
+        len(rates),
+        3,
+        figsize=(19, 4.3 * len(rates) + 1.2),
+        gridspec_kw={"width_ratios": [13, 17, 17]},
+        squeeze=False,
+    )
+    for row, rate in enumerate(rates):
+        good = [(c, r) for c, r, _ in results if c.good and c.rate == rate]
+        bad = [(c, r) for c, r, _ in results if not c.good and c.rate == rate]
+        panels = (
+            (good, "not_promoted", 100, f"{rate:g} req/s\nfalse rollback %"),
+            (bad, "rolled_back", 100, "detected %"),
+            (bad, "ttd_median", 1, "median time to detect, s\n(detected runs)"),
         )
-    axes[0].axhline(100 * ALPHA, color="k", lw=0.8, ls="--")
-    axes[0].set_yscale("symlog", linthresh=1)
-    axes[0].set_ylabel("false rollback %\n(good canaries)")
-    axes[1].set_ylabel("detection %\n(bad canaries)")
-    axes[2].set_ylabel("median time-to-detect, s\n(detected runs)")
-    for ax, rows in ((axes[0], good), (axes[1], bad), (axes[2], bad)):
-        ax.set_xticks(range(len(rows)))
-        ax.set_xticklabels([c.label for c, _ in rows], rotation=90, fontsize=5)
-        ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=7, ncol=5)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+        for col, (rows, key, scale, ylabel) in enumerate(panels):
+            ax = axes[row, col]
+            for j, p in enumerate(POLICIES):
+                mk, color = style[p]
+                x = np.arange(len(rows)) + (j - 2.5) * 0.11
+                y = [scale * r[p][key] for _, r in rows]
+                ax.plot(
+                    x, y, marker=mk, color=color, linestyle="none", label=POLICIES[p],
+                    ms=10 if p in ("c", "c2") else 6, alpha=0.9,
+                )  # fmt: skip
+            ax.set_xticks(range(len(rows)))
+            ax.set_xticklabels(
+                [f"{c.short}, {c.base:.1%}" for c, _ in rows], rotation=55, ha="right", fontsize=8
+            )
+            ax.set_ylabel(ylabel, fontsize=10)
+            ax.grid(alpha=0.3)
+            for k in range(1, len(rows)):  # separate stable error rates
+                if rows[k][0].base != rows[k - 1][0].base or rows[k][0].family != rows[k - 1][
+                    0].family:  # fmt: skip
+                    ax.axvline(k - 0.5, color="k", lw=0.6, alpha=0.4)
+            if col == 0:
+                ax.axhline(1, color="k", lw=0.9, ls="--")
+                ax.set_yscale("symlog", linthresh=1)
+                ax.set_ylim(-0.2, 130)
+                ax.set_yticks([0, 1, 10, 100])
+                ax.set_yticklabels(["0", "1", "10", "100"])
+            elif col == 1:
+                ax.set_ylim(-4, 104)
+            else:
+                ax.set_ylim(bottom=0)
+            if row == 0:
+                ax.set_title(
+                    (
+                        "good canaries: rolled back (%), target <= 1 % (dashed)",
+                        "bad canaries: rolled back (%)",
+                        "bad canaries: median time to rollback (s)",
+                    )[col],
+                    fontsize=11,
+                )
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="upper center", ncol=len(POLICIES), fontsize=10)
+    fig.suptitle(
+        "Judgement benchmark: x = scenario, stable error rate (groups separated by lines)",
+        y=0.965,
+        fontsize=11,
+    )
+    fig.tight_layout(rect=(0, 0, 1, 0.95))
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
+def parse_design(text: str) -> dict[str, Any]:
+    """'max_dwell=4,inconclusive_limit=5' -> overrides of (c) and (c')'s Rule."""
+    out: dict[str, Any] = {}
+    known = {f.name: f for f in fields(Rule)}
+    for kv in filter(None, text.split(",")):
+        k, _, val = kv.partition("=")
+        if k not in known or k == "judge":
+            raise SystemExit(f"--design: unknown knob {k!r} (known: {', '.join(known)})")
+        out[k] = type(getattr(Rule(), k))(val)
+    return out
+
+
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     ap.add_argument("--runs", type=int, default=2000)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--interval", type=float, default=60.0, help="seconds per interval")
-    ap.add_argument("--quick", action="store_true", help="300 runs, for a smoke test")
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="smoke test: 150 runs, 1 replayed run per cell, written to a temporary directory",
+    )
     ap.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1))
-    ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
+    ap.add_argument("--sample", type=int, default=None, help="runs per cell replayed (default 6)")
+    ap.add_argument("--out", type=Path, default=None, help="default benchmarks/results")
     ap.add_argument("--only", default="", help="only cells whose label contains this")
-    ap.add_argument("--design", default="", help="override (c) knobs, e.g. 'gate=None,max_dwell=0'")
+    ap.add_argument(
+        "--design", default="", help="what-if for (c)/(c'), e.g. 'max_dwell=12' (see Rule)"
+    )
     args = ap.parse_args()
-    runs = 300 if args.quick else args.runs
-    design = Design()
-    for kv in filter(None, args.design.split(",")):
-        k, v = kv.split("=")
-        design = replace(
-            design, **{k: eval(v) if v not in ("wilson", "point", "none", "wilson+stable") else v}
-        )
+    runs = 150 if args.quick else args.runs
+    sample = args.sample if args.sample is not None else (1 if args.quick else 6)
+    out = args.out or (
+        Path(tempfile.mkdtemp(prefix="judgement-quick-"))
+        if args.quick
+        else Path(__file__).resolve().parent / "results"
+    )
+    design = parse_design(args.design)
     t0 = time.time()
-    todo = [
-        (i, c, runs, args.seed, args.interval, design)
-        for i, c in enumerate(cells())
-        if args.only in c.label
+    todo = [(i, c) for i, c in enumerate(cells()) if args.only in c.label]
+    tasks = [
+        (i, c, p, runs, args.seed, args.interval, sample, design) for i, c in todo for p in POLICIES
     ]
+    tasks.sort(key=lambda a: -a[1].rate)  # the long (high-traffic, dwelling) ones first
+    got: dict[int, dict[str, Summary]] = {i: {} for i, _ in todo}
+    check: dict[int, Check] = {i: Check() for i, _ in todo}
     with ProcessPoolExecutor(args.jobs) as ex:
-        results = list(ex.map(run_cell, todo))
+        for i, p, summary, chk in ex.map(run_one, tasks):
+            got[i][p] = summary
+            check[i] += chk
+    results = [(c, got[i], check[i]) for i, c in todo]
     el = time.time() - t0
+    total = Check()
+    for _, _, chk in results:
+        total += chk
+    r = rules(design)
     meta = (
         f"{runs} runs per cell and policy, seed {args.seed}, interval {args.interval:g} s, "
-        f"steps {list(WEIGHTS)}, alpha {ALPHA}, psi0 {PSI0}, minRequests {MIN_REQUESTS}; "
-        f"(c) design: {design}; {len(todo)} cells in {el:.0f} s on {args.jobs} processes."
+        f"steps {list(WEIGHTS)}; {len(todo)} cells x {len(POLICIES)} policies in {el:.0f} s "
+        f"on {args.jobs} processes.\n\n"
+        f"canaryctl policies: (b)/(b') `{r['b']}` / failureLimit {r['b2'].failure_limit}; "
+        f"(c) `{r['c']}`; (c') inconclusiveLimit {r['c2'].inconclusive_limit}. "
+        + (f"**What-if design (not the product): {design}.** " if design else "")
+        + f"Product replay: {total.runs} runs ({sample} per cell and canaryctl policy) and "
+        f"{total.intervals} analyses replayed through `Controller.analyse` + `rollout.decide`, "
+        f"all identical to the twin; {total.ties} replays stopped at a numerical tie."
     )
-    report(results, meta, args.out)
+    report(results, meta, out)
     print("\n".join(check_targets(results)))
-    print(f"done in {el:.0f} s -> {args.out}")
+    print(
+        f"done in {el:.0f} s; replayed {total.runs} runs / {total.intervals} analyses "
+        f"({total.ties} ties) -> {out}"
+    )
 
 
 if __name__ == "__main__":

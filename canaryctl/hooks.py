@@ -62,8 +62,8 @@ OUTCOMES: tuple[str, ...] = get_args(Outcome)
 PHASES = ("Progressing", "Paused", "Promoted", "RolledBack", "Failed")
 _NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _USERINFO_RE = re.compile(r"//[^/@\s]*@")
-# No redirects (a redirect is not an approval); the body is never read (stream).
 _UA = {"User-Agent": "canaryctl"}
+# No redirects (a redirect is not an approval); the body is never read (stream).
 _POST: dict[str, Any] = {"allow_redirects": False, "stream": True, "headers": _UA}
 Session = requests.Session
 SPEC_CONFIG = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)  # as policy.py

@@ -50,6 +50,12 @@ class MetricsProvider(Protocol):
         self, *, namespace: str, workload: str, start: float, end: float
     ) -> WorkloadCounts: ...
 
+    def bucket_counts(
+        self, *, namespace: str, workload: str, start: float, end: float
+    ) -> tuple[dict[float, float], dict[float, float]]:
+        """Cumulative latency-bucket counters (le -> count) at ``start`` and at ``end``."""
+        ...
+
 
 def get_provider(spec: PrometheusSpec) -> MetricsProvider:
     from canaryctl.metrics.prometheus import PrometheusProvider

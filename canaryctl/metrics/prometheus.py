@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from pathlib import Path
 from typing import Any
 
 import requests
@@ -38,6 +39,9 @@ log = structlog.get_logger("canaryctl.prometheus")
 
 _NAME_OK = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 Sample = tuple[dict[str, str], float]
+# How far before a window's start to look for the counter's value at the start (Prometheus's
+# own staleness lookback is 5 minutes; scrape intervals are far shorter).
+LOOKBACK_SECONDS = 300
 
 
 class QueryRejectedError(Exception):
@@ -51,7 +55,7 @@ def promql_string(value: str) -> str:
 
 def checked_name(value: str, what: str) -> str:
     """Names that reach PromQL must be DNS-1123 names (what Kubernetes allows for them)."""
-    if not isinstance(value, str) or not _NAME_OK.match(value):
+    if not isinstance(value, str) or not _NAME_OK.fullmatch(value):
         raise PolicyError(f"{what}: {value!r} is not a valid Kubernetes name (DNS-1123)")
     return value
 
@@ -82,6 +86,30 @@ def builtin_query(name: str, *, namespace: str, workload: str, window: str) -> s
     raise ValueError(f"unknown built-in metric {name}")
 
 
+class _FileSecret:
+    """A secret read from a file, re-read when the file changes (rotated tokens keep working).
+    Its value never reaches logs, errors, JSON output or events."""
+
+    def __init__(self, path: str, what: str) -> None:
+        self.path = Path(path)
+        self.what = what
+        self._stamp: tuple[float, int] | None = None
+        self._value = ""
+
+    def value(self) -> str:
+        try:
+            st = self.path.stat()
+            stamp = (st.st_mtime, st.st_size)
+            if stamp != self._stamp:
+                self._value = self.path.read_text(encoding="utf-8").strip()
+                self._stamp = stamp
+        except OSError as exc:
+            raise MetricsUnavailableError(
+                f"cannot read the Prometheus {self.what} file {self.path}: {exc.strerror}"
+            ) from None
+        return self._value
+
+
 class PrometheusProvider:
     def __init__(self, spec: PrometheusSpec, *, session: requests.Session | None = None):
         self.spec = spec
@@ -89,14 +117,49 @@ class PrometheusProvider:
         self.timeout = parse_duration(spec.timeout)
         self.retry_seconds = parse_duration(spec.retryBudget)
         self.session = session or requests.Session()
+        self.session.headers.update(spec.headers)
+        # passed with every request: a session-level setting loses to REQUESTS_CA_BUNDLE
+        self.verify: bool | str = (
+            False if spec.tls.insecureSkipVerify else (spec.tls.caFile or True)
+        )
+        if spec.tls.insecureSkipVerify:  # the user chose it; warn once in our log, not per query
+            import urllib3
+
+            urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
+            log.warning("prometheus.tls_unverified", url=self.url)
+        self._token = (
+            _FileSecret(spec.bearerTokenFile, "bearer token") if spec.bearerTokenFile else None
+        )
+        self._password = (
+            _FileSecret(spec.basicAuth.passwordFile, "password") if spec.basicAuth else None
+        )
+
+    def _auth(self) -> tuple[dict[str, str], tuple[str, str] | None]:
+        headers = {"Authorization": f"Bearer {self._token.value()}"} if self._token else {}
+        basic = None
+        if self.spec.basicAuth is not None and self._password is not None:
+            basic = (self.spec.basicAuth.username, self._password.value())
+        return headers, basic
 
     # --- HTTP -------------------------------------------------------------------------------
     def _once(self, promql: str, at: float | None) -> dict[str, Any]:
         params = {"query": promql}
         if at is not None:
             params["time"] = f"{at:.3f}"
+        headers, basic = self._auth()
         try:
-            resp = self.session.post(f"{self.url}/api/v1/query", data=params, timeout=self.timeout)
+            resp = self.session.post(
+                f"{self.url}/api/v1/query",
+                data=params,
+                timeout=self.timeout,
+                headers=headers,
+                auth=basic,
+                verify=self.verify,
+            )
+        except requests.exceptions.SSLError as exc:  # configuration, not a hiccup: no retry
+            raise QueryRejectedError(
+                f"TLS verification failed for {self.url} (set tls.caFile to the CA bundle)"
+            ) from exc
         except requests.RequestException as exc:
             raise TransientError(f"Prometheus at {self.url}: {type(exc).__name__}") from exc
         try:
@@ -107,6 +170,14 @@ class PrometheusProvider:
             raise QueryRejectedError(str(body.get("error", "bad query")))
         if resp.status_code == 429 or resp.status_code >= 500:
             raise TransientError(f"Prometheus at {self.url}: HTTP {resp.status_code}")
+        if resp.status_code in (401, 403):
+            raise QueryRejectedError(
+                f"HTTP {resp.status_code}: check bearerTokenFile / basicAuth / tls settings"
+            )
+        if resp.status_code in (401, 403):
+            raise QueryRejectedError(
+                f"HTTP {resp.status_code}: check bearerTokenFile / basicAuth / tls settings"
+            )
         if resp.status_code >= 400:
             raise TransientError(f"Prometheus at {self.url}: HTTP {resp.status_code}")
         if not isinstance(body, dict) or body.get("status") != "success":
@@ -119,6 +190,10 @@ class PrometheusProvider:
 
     def query(self, promql: str, *, at: float | None = None) -> list[Sample]:
         """Instant query with retries. Returns (labels, value) samples."""
+        return _samples(self._query_data(promql, at))
+
+    def _query_data(self, promql: str, at: float | None) -> dict[str, Any]:
+        """The ``data`` of an instant query, retried for ``retryBudget`` (see module doc)."""
 
         def before_sleep(rs: RetryCallState) -> None:
             exc = rs.outcome.exception() if rs.outcome else None
@@ -140,7 +215,7 @@ class PrometheusProvider:
             ) from exc
         except QueryRejectedError as exc:
             raise MetricsUnavailableError(f"Prometheus rejected the query: {exc}") from exc
-        return _samples(data)
+        return data
 
     def scalar(self, promql: str, *, at: float | None = None) -> tuple[float | None, str | None]:
         """One number, or (None, why) for an empty answer or several series."""
@@ -199,15 +274,42 @@ class PrometheusProvider:
             note=note,
         )
 
+    def _increases(self, series: str, start: float, end: float) -> list[Sample]:
+        """Per-series counter increase between ``start`` and ``end`` from the raw samples
+        (no extrapolation). A sample lower than the previous one is a reset: the counter
+        restarted from 0, so the increase continues from there and nothing before it is lost.
+        A series with no sample before ``start`` appeared in the window (a new pod): it counts
+        from 0."""
+        span = max(1, math.ceil(end - start)) + LOOKBACK_SECONDS
+        data = self._query_data(f"{series}[{span}s]", end)
+        if data.get("resultType") != "matrix":
+            raise MetricsUnavailableError(
+                f"Prometheus answered a {data.get('resultType')} "
+                "for a range selector, expected a matrix"
+            )
+        out: list[Sample] = []
+        try:
+            for s in data.get("result") or []:
+                points = [(float(t), _num(v)) for t, v in s.get("values", [])]
+                before = [v for t, v in points if t <= start]
+                prev = before[-1] if before else 0.0
+                inc = 0.0
+                for t, v in points:
+                    if t <= start or not math.isfinite(v):
+                        continue
+                    inc += v - prev if v >= prev else v
+                    prev = v
+                out.append((dict(s.get("metric", {})), inc))
+        except (TypeError, ValueError, IndexError, AttributeError) as exc:
+            raise MetricsUnavailableError(f"Prometheus answer malformed: {exc}") from exc
+        return out
+
     def counts(self, *, namespace: str, workload: str, start: float, end: float) -> WorkloadCounts:
-        """Requests and 5xx between two instants as per-series counter differences (a series
-        whose value went down was reset: its whole end value is the increase)."""
-        q = f"istio_requests_total{{{selector(namespace, workload)}}}"
-        before = {_key(labels): v for labels, v in self.query(q, at=start)}
+        """Requests and 5xx served by ``workload`` between two instants (counter increases)."""
         total = errors = 0.0
-        for labels, v in self.query(q, at=end):
-            prev = before.get(_key(labels))
-            inc = v if prev is None or v < prev else v - prev
+        for labels, inc in self._increases(
+            f"istio_requests_total{{{selector(namespace, workload)}}}", start, end
+        ):
             total += inc
             if labels.get("response_code", "").startswith("5"):
                 errors += inc
@@ -216,24 +318,18 @@ class PrometheusProvider:
     def bucket_counts(
         self, *, namespace: str, workload: str, start: float, end: float
     ) -> tuple[dict[float, float], dict[float, float]]:
-        """Cumulative latency-bucket counters (le -> count) summed over series, at start and
-        end, each series reset-aware against its own start value."""
-        q = f"istio_request_duration_milliseconds_bucket{{{selector(namespace, workload)}}}"
-        before = {_key(labels): v for labels, v in self.query(q, at=start)}
-        start_sum: dict[float, float] = {}
-        end_sum: dict[float, float] = {}
-        for labels, v in self.query(q, at=end):
+        """Latency-bucket increases (le -> count) in the window, summed over series, returned
+        as (start, end) cumulative counters with a zero start (the form ``stats.slow_counts``
+        takes)."""
+        inc: dict[float, float] = {}
+        for labels, v in self._increases(
+            f"istio_request_duration_milliseconds_bucket{{{selector(namespace, workload)}}}",
+            start,
+            end,
+        ):
             le = float(labels.get("le", "inf").replace("+Inf", "inf"))
-            prev = before.get(_key(labels), 0.0)
-            if v < prev:  # reset: count from zero
-                prev = 0.0
-            start_sum[le] = start_sum.get(le, 0.0) + prev
-            end_sum[le] = end_sum.get(le, 0.0) + v
-        return start_sum, end_sum
-
-
-def _key(labels: dict[str, str]) -> tuple[tuple[str, str], ...]:
-    return tuple(sorted((k, v) for k, v in labels.items() if k != "__name__"))
+            inc[le] = inc.get(le, 0.0) + v
+        return {}, inc
 
 
 def _samples(data: dict[str, Any]) -> list[Sample]:
