@@ -293,6 +293,27 @@ class Twin:
         return (self.gate_margin(idx) <= 0) & (self.score_g[idx] < 0)
 
 
+def _floor(
+    here: np.ndarray, cum: np.ndarray, idx: np.ndarray, rule: Any
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``judges._floor``: (inconclusive, fail, canary's upper bound, stable's lower bound).
+
+    ``here``/``cum``: rows nc, bc, ns, bs since the weight was set / over the whole rollout.
+    Fewer than minRequests canary requests: inconclusive. Fail: the canary is confidently below
+    the floor and stable confidently at or above it (on the same counts, or on the whole rollout
+    when they hold fewer than minRequests stable requests).
+    """
+    nch, bch, nsh, bsh = here[:, idx]
+    inc = nch < rule.min_requests
+    hi = _wilson(nch - bch, nch, rule.floor_confidence)[1]
+    own = nsh >= rule.min_requests
+    ref_n = np.where(own, nsh, cum[2, idx])
+    ref_b = np.where(own, bsh, cum[3, idx])
+    lo = _wilson(ref_n - ref_b, ref_n, rule.floor_confidence)[0]
+    stable_ok = (ref_n >= rule.min_requests) & (lo >= FLOOR_PCT / 100)
+    return inc, ~inc & (hi < FLOOR_PCT / 100) & stable_ok, hi, lo
+
+
 def _wilson(succ: np.ndarray, n: np.ndarray, conf: float) -> tuple[np.ndarray, np.ndarray]:
     """``stats.wilson_interval`` elementwise (same operations, same special cases)."""
     z = stats.normal_quantile(0.5 + conf / 2.0)
@@ -336,6 +357,12 @@ class Rule:
     dwell_factor: float = judges.DWELL_FACTOR
     dwell_min_bad: float = judges.DWELL_MIN_BAD
     floor_confidence: float = judges.FLOOR_CONFIDENCE
+    # What-if only (not the product; such runs are not replayed): how the sequential judge
+    # treats the request-duration max. "threshold" (the product): p99 of each interval <= max;
+    # "floor": the share of requests slower than max judged like the success-rate floor (counts
+    # since the weight was set, 99 % Wilson, stable confidently within); "off": only the
+    # slow-share sequential test.
+    p99: str = "threshold"
 
     def policy(self, latency: bool, sec: float) -> dict[str, Any]:
         """The AnalysisPolicy snapshot stored with the replayed rollout. Error cells: a policy
@@ -484,6 +511,8 @@ def simulate_rule(
     The first ``sample`` runs are replayed through the product code at every interval.
     """
     rule.patch_judges()
+    if rule.p99 != "threshold":
+        sample = 0  # not the product rule: nothing to replay
     rng = np.random.default_rng(seed)
     seq = rule.judge == "sequential"
     nm = 2 if cell.latency else 1
@@ -529,7 +558,7 @@ def simulate_rule(
             v["sr_fail"] = ~v["sr_inc"] & (rate < FLOOR_PCT)
             v["fail_threshold"] |= v["sr_fail"]
             v["inconclusive_threshold"] |= v["sr_inc"]
-        if cell.latency:  # request-duration max: p99 of the interval, in either judge
+        if cell.latency and rule.p99 == "threshold":  # request-duration max: p99, one interval
             assert cs[1].hist_c is not None
             v["p99"] = histogram_p99(cs[1].hist_c)
             v["p99_inc"] = (c0.nc < rule.min_requests) | np.isnan(v["p99"])
@@ -548,16 +577,13 @@ def simulate_rule(
                 v["log_e"].append(le)
                 reject |= le >= log_thr
             # success-rate floor on the counts since the weight was set (judges._floor)
-            nch, bch, nsh, bsh = here[0][:, idx]
-            floor_inc = nch < rule.min_requests
-            v["floor_hi"] = _wilson(nch - bch, nch, rule.floor_confidence)[1]
-            below = v["floor_hi"] < FLOOR_PCT / 100
-            own = nsh >= rule.min_requests
-            ref_n = np.where(own, nsh, cum[0][2, idx])
-            ref_b = np.where(own, bsh, cum[0][3, idx])
-            v["stable_lo"] = _wilson(ref_n - ref_b, ref_n, rule.floor_confidence)[0]
-            stable_ok = (ref_n >= rule.min_requests) & (v["stable_lo"] >= FLOOR_PCT / 100)
-            floor_fail = ~floor_inc & below & stable_ok
+            floor_inc, floor_fail, v["floor_hi"], v["stable_lo"] = _floor(
+                here[0], cum[0], idx, rule
+            )
+            if cell.latency and rule.p99 == "floor":  # what-if: the SLO judged like the floor
+                inc, fl, _, _ = _floor(here[1], cum[1], idx, rule)
+                v["fail_threshold"] |= fl
+                v["inconclusive_threshold"] |= inc
             # dwell (judges._dwell_reason): middle steps, dwell budget left, and for some metric
             # the CS since the weight was set still reaches dwell_ratio while waiting could
             # settle it: stable's bad share so far x this window's requests x factor >= min_bad
@@ -1093,7 +1119,7 @@ def main() -> None:
         f"on {args.jobs} processes.\n\n"
         f"canaryctl policies: (b)/(b') `{r['b']}` / failureLimit {r['b2'].failure_limit}; "
         f"(c) `{r['c']}`; (c') inconclusiveLimit {r['c2'].inconclusive_limit}. "
-        + (f"**What-if design (not the product): {design}.** " if design else "")
+        + (f"**What-if design (not the product defaults): {design}.** " if design else "")
         + f"Product replay: {total.runs} runs ({sample} per cell and canaryctl policy) and "
         f"{total.intervals} analyses replayed through `Controller.analyse` + `rollout.decide`, "
         f"all identical to the twin; {total.ties} replays stopped at a numerical tie."

@@ -24,4 +24,5 @@ VENV="${CANARYCTL_VENV:-.venv}"
 
 "$VENV/bin/ruff" check canaryctl tests benchmarks
 "$VENV/bin/mypy" canaryctl
+"$VENV/bin/hadolint" Dockerfile
 exec "$VENV/bin/python" -m pytest -q "$@"

@@ -56,6 +56,10 @@ FAULT_SPEC: dict[str, Any] = {
 _PROM_COMMANDS = {"promote", "reconcile", "run"}
 
 
+class _Stopped(Exception):
+    """The test ended before a background waiter's condition came true."""
+
+
 class FaultWorld(World):
     """The e2e ``World`` pointed at the fault proxy, with helpers for timing faults."""
 
@@ -106,10 +110,13 @@ class FaultWorld(World):
 
     # --- timing faults --------------------------------------------------------------------
     def wait_for(self, what: str, pred: Callable[[], bool], timeout: float = 30) -> None:
+        """Poll ``pred``; a background waiter gives up quietly when the test ends."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if pred():
                 return
+            if self.stop_threads.is_set():
+                raise _Stopped()
             time.sleep(0.05)
         raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
 
@@ -126,6 +133,8 @@ class FaultWorld(World):
         def run() -> None:
             try:
                 fn()
+            except _Stopped:
+                pass
             except BaseException as exc:  # re-raised at teardown
                 errors.append(exc)
 
