@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import signal
 import sys
@@ -128,7 +129,7 @@ def _controller(
             spec = spec.model_copy(update={"url": prometheus_url.rstrip("/")})
         return get_provider(spec)
 
-    return Controller(
+    ctl = Controller(
         kube=kube,
         router=get_router("istio", kube),
         provider_for=provider_for,
@@ -136,6 +137,8 @@ def _controller(
         progress=progress,
         should_stop=lambda: stop["flag"],
     )
+    atexit.register(ctl.notifier.flush, 10.0)  # deliver queued notifications before exiting
+    return ctl
 
 
 @app.command()

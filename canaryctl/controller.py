@@ -17,7 +17,7 @@ from typing import Any
 
 import structlog
 
-from canaryctl import rollout
+from canaryctl import notify, rollout
 from canaryctl.analysis import StepAnalysis, combine, judge_metric
 from canaryctl.errors import (
     ClusterUnavailableError,
@@ -26,6 +26,7 @@ from canaryctl.errors import (
     MetricsUnavailableError,
     RolloutStateError,
 )
+from canaryctl.hooks import GateKind, HookRunner, as_failed_checks, outcome_of
 from canaryctl.kube import KubeClient
 from canaryctl.leases import Lease, default_duration, identity, lease_name
 from canaryctl.mesh._base import TrafficRouter
@@ -91,7 +92,12 @@ class Controller:
     holder: str = field(default_factory=identity)
     progress: ProgressFn | None = None
     should_stop: Callable[[], bool] = lambda: False
+    notifier: notify.Notifier = field(default_factory=notify.Notifier, repr=False)
+    hooks: HookRunner = field(init=False, repr=False)
     lease_duration: int = field(default_factory=default_duration)
+
+    def __post_init__(self) -> None:
+        self.hooks = HookRunner(clock=self.clock)  # webhooks come from each state's snapshot
 
     # --- reading ----------------------------------------------------------------------------
     def policy_of(self, state: RolloutState) -> AnalysisPolicy:
@@ -144,16 +150,29 @@ class Controller:
                 POLICY_ANNOTATION: None,
             }
             try:
-                return self.router.write(
+                written = self.router.write(
                     target, vs, canary_weight=state.weight, annotations=annotations
                 )
             except ConflictError:
                 log.info("write.conflict", attempt=attempt + 1, vs=state.virtual_service)
                 self.sleep(min(0.05 * 2**attempt, 1.0))
+                continue
+            self._announce(expect, state)
+            return written
         raise ClusterUnavailableError(
             f"VirtualService {state.namespace}/{state.virtual_service} kept changing "
             f"({attempts} conflicting writes)"
         )
+
+    def _announce(self, before: RolloutState | None, after: RolloutState) -> None:
+        """Tell the notification targets (and post-rollout webhooks) about a written change."""
+        event = notify.event_for(before, after)
+        if event is None:
+            return
+        self.notifier.send(event, after, message=after.reason)
+        outcome = outcome_of(after)
+        if outcome is not None:
+            self.hooks.post_rollout(after, outcome)
 
     def _target(self, state: RolloutState, vs: dict[str, Any], canary: str | None) -> Target:
         if canary is not None:
@@ -178,7 +197,7 @@ class Controller:
         spec = policy.spec
         provider = self.provider_for(spec.prometheus)
         window = max(1.0, round(now - state.step_started_at))
-        results = []
+        results = as_failed_checks(self.hooks.rollout(state))  # a failing one fails the analysis
         sequential = spec.judge == "sequential"
         for metric in spec.metrics:
             if (
@@ -230,6 +249,9 @@ class Controller:
         if not ok:
             new = rollout.rollback(state, reason=f"canary unavailable: {why}", now=now)
             return self.finish(new, expect=state, event=("RolledBack", True))
+        if self.hooks.rollback_requested(state):
+            new = rollout.rollback(state, reason="rollback requested by a webhook", now=now)
+            return self.finish(new, expect=state, event=("RolledBack", True))
         try:
             analysis = self.analyse(state, now)
         except MetricsUnavailableError as exc:
@@ -242,6 +264,19 @@ class Controller:
                 raise RolloutInfraError(f"{exc}; could not restore stable: {exc2}", state) from exc
             raise RolloutInfraError(f"{exc}; traffic is back on stable", new) from exc
         decision = rollout.decide(state, analysis, now=now)
+        if decision.action in ("advance", "promote"):
+            kind: GateKind = "confirm-step" if decision.action == "advance" else "confirm-promotion"
+            gate = self.hooks.gate(kind, state, since=state.waiting_since)
+            if gate.expired:
+                new = rollout.rollback(state, reason=f"{gate.detail}: maxWait exceeded", now=now)
+                return self.finish(new, expect=state, event=("RolledBack", True))
+            if not gate.open:
+                new = rollout.wait_for_gate(
+                    state, now=now, since=gate.waiting_since or now, reason=gate.detail
+                )
+                self.event(self.commit(new, expect=state), "AwaitingApproval", gate.detail)
+                log.info("gate.closed", kind=kind, detail=gate.detail)
+                return new
         vs = self.commit(decision.state, expect=state)
         reason = {
             "advance": "StepAdvanced",
@@ -298,9 +333,10 @@ class Controller:
                     state = latest
                 if not state.active:
                     return state
-            if state.phase == "Progressing" and now >= state.due_at():
+            analysed = state.phase in rollout.ANALYSED_PHASES
+            if analysed and now >= state.due_at():
                 return state
-            left = state.due_at() - now if state.phase == "Progressing" else poll
+            left = state.due_at() - now if analysed else poll
             if self.progress is not None:
                 self.progress(state, left)
             self.sleep(max(0.05, min(poll, left, 0.5)))
@@ -309,7 +345,7 @@ class Controller:
         """Run the rollout to a terminal phase (or until interrupted)."""
         while state.active:
             state = self.wait_until_due(state, lease)
-            if state.phase != "Progressing":
+            if state.phase not in rollout.ANALYSED_PHASES:
                 continue
             try:
                 state = self.step(state)

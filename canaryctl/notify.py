@@ -116,6 +116,9 @@ def event_for(before: RolloutState | None, after: RolloutState) -> Event | None:
     """The event a transition written by the controller is (None: nothing to announce)."""
     if before is None or not before.active:
         return "start" if after.active else None
+    if after.phase == "Waiting" or (before.phase, after.phase) == ("Waiting", "Progressing"):
+        # waiting on a gate is not news; the gate opening shows as the step it allowed
+        return "step" if after.step_index > before.step_index else None
     if after.phase != before.phase:
         return {
             "Paused": "pause",

@@ -18,6 +18,7 @@ from canaryctl.errors import (
     EXIT_INFRA,
     EXIT_OK,
     EXIT_ROLLED_BACK,
+    PreflightError,
     RolloutStateError,
     TargetNotFoundError,
     UsageError,
@@ -176,6 +177,11 @@ def promote(
         }
         return Result(
             "planned", app, namespace, EXIT_OK, state, "dry run: nothing written", {"plan": plan}
+        )
+    failure = ctl.hooks.pre_rollout(state)
+    if failure is not None:
+        raise PreflightError(
+            f"pre-rollout webhook {failure.name} failed ({failure.error}); nothing was changed"
         )
     lease = ctl.lease_for(state)
     if not lease.acquire(now):

@@ -14,12 +14,10 @@ import json
 import math
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import (
-    BaseModel,
-    ConfigDict,
     Field,
     StrictInt,
     ValidationError,
@@ -28,6 +26,15 @@ from pydantic import (
 )
 
 from canaryctl.errors import PolicyError
+from canaryctl.hooks import Webhooks
+from canaryctl.notify import Notifications
+from canaryctl.policy_base import NAME_RE as _NAME_RE
+from canaryctl.policy_base import Duration, StrictModel
+from canaryctl.policy_base import format_duration as format_duration  # re-exported
+from canaryctl.policy_base import parse_duration as parse_duration  # re-exported
+from canaryctl.policy_prometheus import BasicAuthSpec as BasicAuthSpec  # re-exported
+from canaryctl.policy_prometheus import PrometheusSpec as PrometheusSpec  # re-exported
+from canaryctl.policy_prometheus import TLSSpec as TLSSpec  # re-exported
 
 API_VERSION = "canaryctl.io/v1alpha1"
 KIND = "AnalysisPolicy"
@@ -47,104 +54,9 @@ TEMPLATE_VARIABLES = (
     "interval",
 )
 _TEMPLATE_RE = re.compile(r"\{\{\s*([^{}]*?)\s*\}\}")
-_DURATION_RE = re.compile(r"^(?:(\d+)h)?(?:(\d+)m(?!s))?(?:(\d+)s)?(?:(\d+)ms)?$")
-_NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 
 
-def parse_duration(text: str) -> float:
-    """``"4s"``, ``"30s"``, ``"1m"``, ``"1h"``, ``"1m30s"``, ``"500ms"`` -> seconds."""
-    m = _DURATION_RE.fullmatch(text.strip()) if isinstance(text, str) else None
-    if not text or m is None or not any(m.groups()):
-        raise ValueError(f"must be a duration like 30s, 1m, 1h or 1m30s, got {text!r}")
-    h, mi, s, ms = (int(g) if g else 0 for g in m.groups())
-    return h * 3600 + mi * 60 + s + ms / 1000
-
-
-def format_duration(seconds: float) -> str:
-    """Seconds -> a Prometheus range duration (integer ms or s, which Prometheus accepts)."""
-    if seconds != int(seconds):
-        return f"{round(seconds * 1000)}ms"
-    return f"{int(seconds)}s"
-
-
-Duration = Annotated[str, Field(description="Duration: 500ms, 4s, 30s, 1m, 1h, 1m30s")]
-
-
-class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
-
-
-class BasicAuthSpec(_Model):
-    username: str = Field(description="User name")
-    passwordFile: str = Field(description="File holding the password (re-read on change)")
-
-
-class TLSSpec(_Model):
-    caFile: str | None = Field(default=None, description="CA bundle to verify the server with")
-    insecureSkipVerify: bool = Field(
-        default=False, description="Do not verify the server certificate (not recommended)"
-    )
-
-
-class PrometheusSpec(_Model):
-    """Where and how to query. Secrets only ever come from files: the effective policy is
-    stored with the rollout on the VirtualService, so it must never hold a credential."""
-
-    url: str = Field(
-        default="http://prometheus.istio-system:9090",
-        description="Base URL of the Prometheus HTTP API; --prometheus-url overrides it",
-    )
-    timeout: Duration = Field(default="10s", description="Timeout of one query")
-    retryBudget: Duration = Field(
-        default="60s",
-        description="How long a failing query is retried (with backoff) before the rollout "
-        "is abandoned with traffic on stable (exit 3)",
-    )
-    bearerTokenFile: str | None = Field(
-        default=None,
-        description="File holding a bearer token (re-read when it changes, so rotation works)",
-    )
-    basicAuth: BasicAuthSpec | None = Field(default=None, description="HTTP basic auth")
-    headers: dict[str, str] = Field(
-        default_factory=dict,
-        description="Extra request headers, e.g. X-Scope-OrgID for Cortex/Mimir/Thanos tenants "
-        "(not for secrets: the policy is stored with the rollout)",
-    )
-    tls: TLSSpec = Field(default_factory=TLSSpec, description="TLS verification")
-
-    @field_validator("url")
-    @classmethod
-    def _url(cls, v: str) -> str:
-        if not re.fullmatch(r"https?://[^\s/]+(/\S*)?", v):
-            raise ValueError(f"must be an http(s) URL, got {v!r}")
-        if "@" in v.split("/")[2]:
-            raise ValueError(
-                "must not contain credentials (they would be stored with the rollout; "
-                "use basicAuth.passwordFile or bearerTokenFile), got a URL with user info"
-            )
-        return v.rstrip("/")
-
-    @field_validator("headers")
-    @classmethod
-    def _headers(cls, v: dict[str, str]) -> dict[str, str]:
-        for k, val in v.items():
-            if not re.fullmatch(r"[A-Za-z0-9-]+", k) or any(c in val for c in "\r\n"):
-                raise ValueError(f"invalid header {k!r}")
-            if k.lower() in ("authorization", "proxy-authorization", "cookie"):
-                raise ValueError(
-                    f"header {k} would store a secret with the rollout; use bearerTokenFile"
-                )
-        return v
-
-    @field_validator("timeout", "retryBudget")
-    @classmethod
-    def _timeout(cls, v: str) -> str:
-        if parse_duration(v) <= 0:
-            raise ValueError(f"must be positive, got {v!r}")
-        return v
-
-
-class MetricSpec(_Model):
+class MetricSpec(StrictModel):
     """One check. Built-ins take no query; any other name needs a PromQL ``query``."""
 
     name: str = Field(description="request-success-rate, request-duration, or your own name")
@@ -237,7 +149,7 @@ def _default_metrics() -> list[MetricSpec]:
     ]
 
 
-class PolicySpec(_Model):
+class PolicySpec(StrictModel):
     steps: list[StrictInt] | None = Field(
         default=None,
         description="Canary weight after each step; strictly increasing, ends at 100",
@@ -268,6 +180,13 @@ class PolicySpec(_Model):
     )
     prometheus: PrometheusSpec = Field(default_factory=PrometheusSpec)
     metrics: list[MetricSpec] = Field(default_factory=_default_metrics)
+    webhooks: Webhooks = Field(
+        default_factory=list,
+        description="Webhooks called during the rollout: checks, gates, rollback, post-rollout",
+    )
+    notify: Notifications = Field(
+        default_factory=list, description="Slack / Teams / JSON targets told about milestones"
+    )
 
     @field_validator("interval")
     @classmethod
@@ -333,11 +252,11 @@ def _expand(step: int, max_weight: int | None) -> list[int]:
     return out
 
 
-class Metadata(_Model):
+class Metadata(StrictModel):
     name: str = "default"
 
 
-class AnalysisPolicy(_Model):
+class AnalysisPolicy(StrictModel):
     apiVersion: Literal["canaryctl.io/v1alpha1"] = "canaryctl.io/v1alpha1"
     kind: Literal["AnalysisPolicy"] = "AnalysisPolicy"
     metadata: Metadata = Field(default_factory=Metadata)

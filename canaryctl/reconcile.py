@@ -141,7 +141,7 @@ _ACTIONS = {"Promoted": "promoted", "RolledBack": "rolled_back", "Failed": "fail
 
 def _advance(ctl: Controller, state: RolloutState, now: float) -> Outcome:
     if state.phase == "Paused":
-        return _outcome(state, "skipped", "paused")
+        return _outcome(state, "skipped", "paused")  # Waiting rollouts are analysed: gates re-asked
     if now < state.due_at():
         return _outcome(state, "skipped", f"next analysis in {state.due_at() - now:.0f}s")
     lease = ctl.lease_for(state)
@@ -156,7 +156,11 @@ def _advance(ctl: Controller, state: RolloutState, now: float) -> Outcome:
     finally:
         lease.release()
     if new.active:
-        action = "advanced" if new.step_index > state.step_index else "held"
+        action = (
+            "advanced"
+            if new.step_index > state.step_index
+            else ("waiting" if new.phase == "Waiting" else "held")
+        )
     else:
         action = _ACTIONS[new.phase]
     return _outcome(new, action, new.reason)

@@ -28,8 +28,11 @@ POLICY_ANNOTATION = "canaryctl.io/policy"
 STATE_VERSION = 1
 HISTORY_LIMIT = 20  # analyses kept in the annotation; older ones are counted, not stored
 
-Phase = Literal["Progressing", "Paused", "Promoted", "RolledBack", "Failed"]
-ACTIVE_PHASES: tuple[str, ...] = ("Progressing", "Paused")
+Phase = Literal["Progressing", "Waiting", "Paused", "Promoted", "RolledBack", "Failed"]
+# Waiting: analysis passed but a confirm-step/confirm-promotion webhook has not approved yet;
+# the weight is held and analysed again every interval (a pass is needed when the gate opens).
+ACTIVE_PHASES: tuple[str, ...] = ("Progressing", "Waiting", "Paused")
+ANALYSED_PHASES: tuple[str, ...] = ("Progressing", "Waiting")
 TERMINAL_PHASES: tuple[str, ...] = ("Promoted", "RolledBack", "Failed")
 Action = Literal["advance", "hold", "dwell", "promote", "rollback"]
 
@@ -58,6 +61,7 @@ class RolloutState:
     updated_at: float = 0.0
     finished_at: float | None = None
     forced: bool = False
+    waiting_since: float | None = None  # when a gate first said no at this step
     history: list[dict[str, Any]] = field(default_factory=list)
     history_dropped: int = 0
     counts: list[dict[str, Any]] = field(default_factory=list)  # per analysis, for sequential
@@ -168,8 +172,9 @@ def _record(state: RolloutState, analysis: StepAnalysis, now: float, action: str
 
 def decide(state: RolloutState, analysis: StepAnalysis, *, now: float) -> Decision:
     """Apply one analysis of the current step. Never promotes on anything but a pass."""
-    if state.phase != "Progressing":
+    if state.phase not in ANALYSED_PHASES:
         raise ValueError(f"cannot analyse a rollout in phase {state.phase}")
+    state = replace(state, phase="Progressing", waiting_since=None)
     spec = state.policy["spec"]
     steps = state.steps
     if analysis.verdict == "fail":
@@ -249,3 +254,15 @@ def resume(state: RolloutState, *, now: float) -> RolloutState:
 
 def restart_window(state: RolloutState, *, now: float, reason: str) -> RolloutState:
     return replace(state, step_started_at=now, updated_at=now, reason=reason)
+
+
+def wait_for_gate(state: RolloutState, *, now: float, since: float, reason: str) -> RolloutState:
+    """A gate said no: hold the weight, measure a fresh window, remember since when we wait."""
+    return replace(
+        state,
+        phase="Waiting",
+        waiting_since=since,
+        step_started_at=now,
+        updated_at=now,
+        reason=reason,
+    )
