@@ -122,7 +122,10 @@ def _controller(
     def on_signal(signum: int, _frame: Any) -> None:
         stop["flag"] = True
 
+    # SIGTERM and SIGINT stop at the next wait point: a patch in flight completes (each is
+    # atomic), the rollout stays in the cluster for another process to continue (exit 130).
     signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
 
     def provider_for(spec: Any) -> Any:
         if prometheus_url:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 import structlog
 
@@ -24,6 +24,7 @@ from canaryctl.errors import (
     ConflictError,
     InfraError,
     MetricsUnavailableError,
+    PermissionDeniedError,
     RolloutStateError,
 )
 from canaryctl.hooks import GateKind, HookRunner, as_failed_checks, outcome_of
@@ -240,29 +241,29 @@ class Controller:
         return combine(results)
 
     def step(self, state: RolloutState) -> RolloutState:
-        """Analyse the current step once and apply the decision (one guarded write)."""
+        """Analyse the current step once and apply the decision (one guarded write).
+
+        When Prometheus or the cluster stays unusable beyond the retry budget, traffic is put
+        back on stable (phase Failed, with the reason) if the VirtualService can still be
+        written, and ``RolloutInfraError`` says which happened (exit 3)."""
         now = self.clock()
-        _stable, _canary = destinations(state)
-        vs = self.router.read(state.namespace, state.virtual_service)
-        target = self._target(state, vs, None)
-        ok, why = self.router.canary_available(target, state.canary_workload)
-        if not ok:
-            new = rollout.rollback(state, reason=f"canary unavailable: {why}", now=now)
-            return self.finish(new, expect=state, event=("RolledBack", True))
-        if self.hooks.rollback_requested(state):
-            new = rollout.rollback(state, reason="rollback requested by a webhook", now=now)
-            return self.finish(new, expect=state, event=("RolledBack", True))
         try:
+            vs = self.router.read(state.namespace, state.virtual_service)
+            target = self._target(state, vs, None)
+            ok, why = self.router.canary_available(target, state.canary_workload)
+            if not ok:
+                new = rollout.rollback(
+                    state, reason=f"canary {state.canary_workload} unavailable: {why}", now=now
+                )
+                return self.finish(new, expect=state, event=("RolledBack", True))
+            if self.hooks.rollback_requested(state):
+                new = rollout.rollback(state, reason="rollback requested by a webhook", now=now)
+                return self.finish(new, expect=state, event=("RolledBack", True))
             analysis = self.analyse(state, now)
         except MetricsUnavailableError as exc:
-            new = rollout.fail(state, reason=f"metrics unavailable: {exc}", now=now)
-            try:
-                self.finish(new, expect=state, event=("RolloutFailed", True))
-            except StateChangedError:
-                raise
-            except InfraError as exc2:
-                raise RolloutInfraError(f"{exc}; could not restore stable: {exc2}", state) from exc
-            raise RolloutInfraError(f"{exc}; traffic is back on stable", new) from exc
+            self._fail_to_stable(state, f"metrics unavailable: {exc}", now, exc)
+        except (ClusterUnavailableError, PermissionDeniedError) as exc:
+            self._fail_to_stable(state, f"cluster unavailable: {exc}", now, exc)
         decision = rollout.decide(state, analysis, now=now)
         if decision.action in ("advance", "promote"):
             kind: GateKind = "confirm-step" if decision.action == "advance" else "confirm-promotion"
@@ -295,6 +296,20 @@ class Controller:
             reason=decision.reason,
         )
         return decision.state
+
+    def _fail_to_stable(
+        self, state: RolloutState, reason: str, now: float, cause: InfraError
+    ) -> NoReturn:
+        new = rollout.fail(state, reason=reason, now=now)
+        try:
+            self.finish(new, expect=state, event=("RolloutFailed", True))
+        except StateChangedError:
+            raise
+        except InfraError as exc2:
+            raise RolloutInfraError(
+                f"{cause}; could not put traffic back on stable: {exc2}", state
+            ) from cause
+        raise RolloutInfraError(f"{cause}; traffic is back on stable", new) from cause
 
     def finish(
         self, state: RolloutState, *, expect: RolloutState | None, event: tuple[str, bool]

@@ -183,6 +183,8 @@ def promote(
         raise PreflightError(
             f"pre-rollout webhook {failure.name} failed ({failure.error}); nothing was changed"
         )
+    if ctl.should_stop():  # Ctrl-C during preflight: nothing was written, keep it that way
+        return Result("interrupted", app, namespace, 130, None, "interrupted before any change")
     lease = ctl.lease_for(state)
     if not lease.acquire(now):
         log.info("lease.busy", holder=lease.observed_holder)
@@ -218,10 +220,26 @@ def promote(
                 state,
                 "started; `canaryctl reconcile` or `canaryctl run` continues it",
             )
-        final = ctl.drive(state, lease)
+        try:
+            final = ctl.drive(state, lease)
+        except Interrupted:
+            return _interrupted(ctl, state, app)
     finally:
         lease.release()
     return from_state(final, app)
+
+
+def _interrupted(ctl: Controller, state: RolloutState, app: str) -> Result:
+    latest = ctl.refresh(state)
+    return Result(
+        "interrupted",
+        app,
+        state.namespace,
+        130,
+        latest,
+        "stopped waiting; the rollout continues in the cluster "
+        "(`canaryctl promote` attaches to it, `canaryctl rollback` ends it)",
+    )
 
 
 def _attach_existing(ctl: Controller, *, app: str, namespace: str, vs_name: str) -> Result:

@@ -108,7 +108,13 @@ class IstioRouter:
         return Workloads(stable=stable["metadata"]["name"], canary=canary["metadata"]["name"])
 
     def canary_available(self, target: Target, workload: str) -> tuple[bool, str]:
-        """Re-checked before every analysis: a canary scaled to 0 mid-rollout is rolled back."""
+        """Re-checked before every analysis: a canary scaled to 0, or whose DestinationRule
+        subset was removed, mid-rollout is rolled back (never promoted to a void)."""
+        if target.mode == "subset":
+            try:
+                self._labels(target)
+            except (PreflightError, TargetNotFoundError) as exc:
+                return False, exc.message
         for d in self.kube.list_deployments(target.namespace):
             if d["metadata"]["name"] == workload:
                 return routes.deployment_available(d)

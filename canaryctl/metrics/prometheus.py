@@ -181,7 +181,11 @@ class PrometheusProvider:
         if resp.status_code >= 400:
             raise TransientError(f"Prometheus at {self.url}: HTTP {resp.status_code}")
         if not isinstance(body, dict) or body.get("status") != "success":
-            err = body.get("error") if isinstance(body, dict) else "malformed JSON answer"
+            err = (
+                str(body.get("error") or f"status {body.get('status')!r} without an error")
+                if isinstance(body, dict)
+                else "malformed JSON answer"
+            )
             raise TransientError(f"Prometheus at {self.url}: {err}")
         data = body.get("data")
         if not isinstance(data, dict) or "resultType" not in data:

@@ -71,21 +71,15 @@ CALLS: dict[str, set[tuple[str, str, str]]] = {
     "create_lease": {("coordination.k8s.io", "leases", "create")},
     "replace_lease": {("coordination.k8s.io", "leases", "update")},
 }
-# Read-only verbs granted on top of those calls, by decision (not called by canaryctl 0.1.0).
-EXTRA_READS = {
-    (ISTIO_GROUP, "virtualservices", "watch"),
-    (ISTIO_GROUP, "destinationrules", "get"),
-    ("apps", "deployments", "get"),
-}
+# Verbs granted on top of those calls: none (least privilege; every rule is needed, as
+# tests/faults/test_least_privilege.py shows).
+EXTRA_READS: set[tuple[str, str, str]] = set()
 # The rules of the CronJob's Role and of the daemon's ClusterRole, exactly.
 EXPECTED_RULES = {
     (ISTIO_GROUP, "virtualservices", "get"),
     (ISTIO_GROUP, "virtualservices", "list"),
-    (ISTIO_GROUP, "virtualservices", "watch"),
     (ISTIO_GROUP, "virtualservices", "patch"),
-    (ISTIO_GROUP, "destinationrules", "get"),
     (ISTIO_GROUP, "destinationrules", "list"),
-    ("apps", "deployments", "get"),
     ("apps", "deployments", "list"),
     ("", "services", "get"),
     ("", "configmaps", "get"),
@@ -403,9 +397,9 @@ def test_rbac_covers_exactly_what_kube_py_calls() -> None:
 
 
 def test_cronjob_role_grants_exactly_the_listed_verbs() -> None:
-    """The CronJob's Role in istio-apl grants exactly: get/list/watch/patch virtualservices,
-    get/list destinationrules and deployments, get services and configmaps, create events (core
-    group), get/create/update leases. Nothing else (no patch on events, no delete anywhere)."""
+    """The CronJob's Role in istio-apl grants exactly: get/list/patch virtualservices, list
+    destinationrules and deployments, get services and configmaps, create events (core group),
+    get/create/update leases. Nothing else (no watch, no patch on events, no delete)."""
     role = _one("cronjob", "Role")
     assert role["metadata"]["namespace"] == "istio-apl"
     assert _grants(role) == EXPECTED_RULES
