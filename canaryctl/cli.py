@@ -69,6 +69,24 @@ PromOpt = Annotated[
 LogOpt = Annotated[Level, typer.Option("--log-level", help="Log level (logs go to stderr)")]
 
 
+_DNS_SUBDOMAIN = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*"
+
+
+def _check_names(names: dict[str, str | None]) -> None:
+    """Names reach the API (URL paths) and PromQL (label values): accept only what Kubernetes
+    accepts (DNS-1123), so a quote, brace, newline or regex metacharacter never gets that far."""
+    import re
+
+    for flag, value in names.items():
+        if value is None:
+            continue
+        if len(value) > 253 or not re.fullmatch(_DNS_SUBDOMAIN, value):
+            shown = json.dumps(value)[:80]
+            raise UsageError(
+                f"{flag}: must be a Kubernetes name (lower-case a-z, 0-9, '-', '.'), got {shown}"
+            )
+
+
 def _emit(data: dict[str, Any], output: Output, text: str) -> None:
     if output == Output.json:
         sys.stdout.write(json.dumps(data, sort_keys=True, default=str) + "\n")
@@ -178,6 +196,14 @@ def promote(
 
         if force and not yes:
             raise UsageError("--force skips the remaining analysis; confirm with --yes")
+        _check_names(
+            {
+                "APP": app_name,
+                "--namespace": namespace,
+                "--canary": canary,
+                "--virtual-service": virtual_service,
+            }
+        )
         pol = load_policy(policy).with_prometheus_url(prometheus_url)
         progress = Progress() if output == Output.text else None
         ctl = _controller(kubeconfig, context, prometheus_url, progress)
@@ -217,6 +243,9 @@ def _simple_verb(verb: str) -> Callable[..., None]:
             from canaryctl import operations
             from canaryctl.render import result_text
 
+            _check_names(
+                {"APP": app_name, "--namespace": namespace, "--virtual-service": virtual_service}
+            )
             ctl = _controller(kubeconfig, context, None)
             fn = getattr(operations, verb)
             res = fn(ctl, app=app_name, namespace=namespace, vs_name=virtual_service)
@@ -258,6 +287,7 @@ def list_cmd(
         from canaryctl import operations
         from canaryctl.render import list_text
 
+        _check_names({"--namespace": None if all_namespaces else namespace})
         ctl = _controller(kubeconfig, context, None)
         states = operations.list_rollouts(ctl, namespace=None if all_namespaces else namespace)
         data = {
@@ -285,6 +315,7 @@ def reconcile_cmd(
     def body() -> int:
         from canaryctl.reconcile import reconcile
 
+        _check_names({"--namespace": None if all_namespaces else namespace})
         ctl = _controller(kubeconfig, context, prometheus_url)
         report = reconcile(ctl, namespace=None if all_namespaces else namespace)
         lines = [
