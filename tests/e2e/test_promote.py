@@ -190,3 +190,66 @@ def test_dry_run_prints_the_plan_and_writes_nothing(world: World) -> None:
     assert plan["firstPatch"][0]["path"] == "/metadata/resourceVersion"
     assert plan["weightsAfterFirstPatch"] == [[80, 20]]
     assert world.cluster_writes() == []
+
+
+def test_prometheus_secrets_never_reach_logs_output_events_or_state(world: World) -> None:
+    """A bearer token and a basic-auth password (files) are used but never appear in stdout,
+    stderr, Kubernetes events or the rollout state stored on the VirtualService."""
+    token, password = "tok-9f8e7d6c5b4a-SECRET", "pw-1a2b3c4d-SECRET"
+    (world.tmp / "token").write_text(token)
+    (world.tmp / "pw").write_text(password)
+    policy = world.policy(
+        prometheus={
+            "timeout": "2s",
+            "retryBudget": "3s",
+            "bearerTokenFile": str(world.tmp / "token"),
+            "headers": {"X-Scope-OrgID": "tenant-a"},
+        }
+    )
+    res = world.run(
+        "promote",
+        "rest-apl",
+        "-n",
+        "istio-apl",
+        "--policy",
+        str(policy),
+        "-o",
+        "json",
+        "--log-level",
+        "debug",
+    )
+    assert res.code == 0, res.stderr
+    basic = world.policy(
+        prometheus={
+            "basicAuth": {"username": "canary", "passwordFile": str(world.tmp / "pw")},
+        }
+    )
+    status = world.run("status", "rest-apl", "-n", "istio-apl", "-o", "json", prometheus=False)
+    dry = world.run(
+        "promote",
+        "rest-apl",
+        "-n",
+        "istio-apl",
+        "--policy",
+        str(basic),
+        "--dry-run",
+        "-o",
+        "json",
+        "--log-level",
+        "debug",
+    )
+    events = world.sb.emulator.list("v1", "Event", "istio-apl")
+    everything = "".join(
+        [
+            res.stdout,
+            res.stderr,
+            status.stdout,
+            status.stderr,
+            dry.stdout,
+            dry.stderr,
+            str(events),
+            str(world.vs()),
+        ]
+    )
+    assert token not in everything and password not in everything
+    assert "SECRET" not in everything
