@@ -197,7 +197,7 @@ class Controller:
         policy = self.policy_of(state)
         spec = policy.spec
         provider = self.provider_for(spec.prometheus)
-        window = max(1.0, round(now - state.step_started_at))
+        window = max(1.0, round(now - state.window_start))
         results = as_failed_checks(self.hooks.rollout(state))  # a failing one fails the analysis
         sequential = spec.judge == "sequential"
         for metric in spec.metrics:

@@ -238,11 +238,9 @@ def _dwell_reason(
 ) -> str | None:
     if not 0 < state.step_index < len(state.steps) - 1:
         return None
-    dwelt = sum(
-        1
-        for h in state.history
-        if h.get("step") == state.step_index + 1 and h.get("action") == "dwell"
-    )
+    # extra windows already measured at this weight (state.counts is not truncated, unlike
+    # the history): dwells and holds alike, so a step never dwells more than MAX_DWELL times
+    dwelt = sum(1 for e in state.counts if e["step"] == state.step_index)
     if dwelt >= MAX_DWELL:
         return None
     window = here[-1]

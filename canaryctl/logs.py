@@ -20,6 +20,17 @@ LEVELS = {
 }
 
 
+class _Stderr:
+    """Whatever ``sys.stderr`` is at write time (tests and embedders swap it; a logger bound to
+    an old, closed stream would fail)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 def setup(level: str = "info", *, json_logs: bool | None = None) -> None:
     tty = sys.stderr.isatty()
     use_json = (not tty) if json_logs is None else json_logs
@@ -37,6 +48,6 @@ def setup(level: str = "info", *, json_logs: bool | None = None) -> None:
     structlog.configure(
         processors=[*processors, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(LEVELS.get(level, logging.INFO)),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(file=_Stderr()),  # type: ignore[arg-type]
         cache_logger_on_first_use=False,
     )

@@ -56,7 +56,11 @@ class RolloutState:
     weight: int = 0
     failed: int = 0
     inconclusive: int = 0  # in a row
-    step_started_at: float = 0.0
+    step_started_at: float = 0.0  # the next analysis is due one interval after this
+    # start of the window the next analysis measures: equal to step_started_at, except after an
+    # inconclusive analysis, which holds the weight and lets the window grow (all of it was
+    # served at this weight), so a quiet canary accumulates evidence instead of starting over
+    window_started_at: float = 0.0
     started_at: float = 0.0
     updated_at: float = 0.0
     finished_at: float | None = None
@@ -85,6 +89,10 @@ class RolloutState:
     def due_at(self) -> float:
         """When the current step's analysis window is complete."""
         return self.step_started_at + self.interval
+
+    @property
+    def window_start(self) -> float:
+        return self.window_started_at or self.step_started_at
 
     # --- serialisation --------------------------------------------------------------------
     def to_json(self) -> str:
@@ -145,6 +153,7 @@ def begin(
         step_index=idx,
         weight=steps[idx],
         step_started_at=now,
+        window_started_at=now,
         started_at=now,
         updated_at=now,
     )
@@ -155,7 +164,7 @@ def _record(state: RolloutState, analysis: StepAnalysis, now: float, action: str
         "step": state.step_index + 1,
         "weight": state.weight,
         "at": round(now, 3),
-        "window": round(now - state.step_started_at, 3),
+        "window": round(now - state.window_start, 3),
         "verdict": analysis.verdict,
         "action": action,
         "reason": analysis.reason[:300],
@@ -187,7 +196,11 @@ def decide(state: RolloutState, analysis: StepAnalysis, *, now: float) -> Decisi
             return Decision("rollback", _finish(s, "RolledBack", why, now), why)
         why = f"analysis failed ({failed}/{spec['failureLimit']} allowed): {analysis.reason}"
         s = _record(replace(state, failed=failed, inconclusive=0), analysis, now, "hold")
-        return Decision("hold", replace(s, step_started_at=now, updated_at=now, reason=why), why)
+        return Decision(
+            "hold",
+            replace(s, step_started_at=now, window_started_at=now, updated_at=now, reason=why),
+            why,
+        )
     if analysis.verdict == "inconclusive":
         streak = state.inconclusive + 1
         if streak > int(spec["inconclusiveLimit"]):
@@ -196,12 +209,18 @@ def decide(state: RolloutState, analysis: StepAnalysis, *, now: float) -> Decisi
             return Decision("rollback", _finish(s, "RolledBack", why, now), why)
         why = f"inconclusive ({streak}/{spec['inconclusiveLimit']}): {analysis.reason}"
         s = _record(replace(state, inconclusive=streak), analysis, now, "hold")
-        return Decision("hold", replace(s, step_started_at=now, updated_at=now, reason=why), why)
+        keep = state.window_start  # the window grows: evidence accumulates at this weight
+        s = replace(s, step_started_at=now, window_started_at=keep, updated_at=now, reason=why)
+        return Decision("hold", s, why)
     # pass
     if analysis.dwell:
         s = _record(replace(state, inconclusive=0), analysis, now, "dwell")
         why = analysis.dwell
-        return Decision("dwell", replace(s, step_started_at=now, updated_at=now, reason=why), why)
+        return Decision(
+            "dwell",
+            replace(s, step_started_at=now, window_started_at=now, updated_at=now, reason=why),
+            why,
+        )
     if state.step_index >= len(steps) - 1:
         why = f"all {len(steps)} steps passed analysis"
         s = _record(replace(state, inconclusive=0), analysis, now, "promote")
@@ -214,6 +233,7 @@ def decide(state: RolloutState, analysis: StepAnalysis, *, now: float) -> Decisi
         step_index=nxt,
         weight=steps[nxt],
         step_started_at=now,
+        window_started_at=now,
         updated_at=now,
         reason=why,
     )
@@ -248,12 +268,17 @@ def pause(state: RolloutState, *, reason: str, now: float) -> RolloutState:
 def resume(state: RolloutState, *, now: float) -> RolloutState:
     """Resume re-measures the current step from now: the paused time is not analysed."""
     return replace(
-        state, phase="Progressing", reason="resumed", step_started_at=now, updated_at=now
+        state,
+        phase="Progressing",
+        reason="resumed",
+        step_started_at=now,
+        window_started_at=now,
+        updated_at=now,
     )
 
 
 def restart_window(state: RolloutState, *, now: float, reason: str) -> RolloutState:
-    return replace(state, step_started_at=now, updated_at=now, reason=reason)
+    return replace(state, step_started_at=now, window_started_at=now, updated_at=now, reason=reason)
 
 
 def wait_for_gate(state: RolloutState, *, now: float, since: float, reason: str) -> RolloutState:
@@ -263,6 +288,7 @@ def wait_for_gate(state: RolloutState, *, now: float, since: float, reason: str)
         phase="Waiting",
         waiting_since=since,
         step_started_at=now,
+        window_started_at=now,
         updated_at=now,
         reason=reason,
     )
