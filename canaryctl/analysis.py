@@ -107,6 +107,8 @@ def judge_metric(spec: MetricSpec, m: Measurement, *, min_requests: int) -> Metr
 
     requests = m.canary_requests
     if requests is None or not math.isfinite(requests) or requests < min_requests:
+        if requests is None and m.note:  # the request count itself could not be read
+            return result("inconclusive", m.note)
         got = 0 if requests is None or not math.isfinite(requests) else round(requests)
         return result("inconclusive", f"{got} canary requests in window, need {min_requests}")
     if m.canary is None or not math.isfinite(m.canary):

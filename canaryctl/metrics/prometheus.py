@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -194,10 +195,14 @@ class PrometheusProvider:
 
     def query(self, promql: str, *, at: float | None = None) -> list[Sample]:
         """Instant query with retries. Returns (labels, value) samples."""
-        return _samples(self._query_data(promql, at))
+        samples: list[Sample] = self._query_data(promql, at, parse=_samples)
+        return samples
 
-    def _query_data(self, promql: str, at: float | None) -> dict[str, Any]:
-        """The ``data`` of an instant query, retried for ``retryBudget`` (see module doc)."""
+    def _query_data(
+        self, promql: str, at: float | None, *, parse: Callable[[dict[str, Any]], Any] = dict
+    ) -> Any:
+        """``parse`` of the ``data`` of an instant query, retried for ``retryBudget`` (see module
+        doc). A malformed answer (``parse`` raises ``TransientError``) is retried too."""
 
         def before_sleep(rs: RetryCallState) -> None:
             exc = rs.outcome.exception() if rs.outcome else None
@@ -212,7 +217,7 @@ class PrometheusProvider:
                 reraise=True,
             ):
                 with attempt:
-                    data = self._once(promql, at)
+                    data = parse(self._once(promql, at))
         except TransientError as exc:
             raise MetricsUnavailableError(
                 f"{exc} (gave up after {self.retry_seconds:g}s of retries)"
@@ -267,9 +272,11 @@ class PrometheusProvider:
         req_q = builtin_query(
             "request-count", namespace=ctx.namespace, workload=ctx.canary_workload, window=window
         )
-        requests_value, _ = self.scalar(req_q, at=ctx.at)
+        requests_value, req_note = self.scalar(req_q, at=ctx.at)
         canary, note = self.scalar(self.render(metric, ctx, ctx.canary_workload), at=ctx.at)
         stable, _ = self.scalar(self.render(metric, ctx, ctx.stable_workload), at=ctx.at)
+        if requests_value is None and req_note != "no data":  # e.g. several series: say so
+            return Measurement(metric.name, canary, stable, None, f"request count: {req_note}")
         return Measurement(
             metric=metric.name,
             canary=canary,
@@ -285,27 +292,20 @@ class PrometheusProvider:
         A series with no sample before ``start`` appeared in the window (a new pod): it counts
         from 0."""
         span = max(1, math.ceil(end - start)) + LOOKBACK_SECONDS
-        data = self._query_data(f"{series}[{span}s]", end)
-        if data.get("resultType") != "matrix":
-            raise MetricsUnavailableError(
-                f"Prometheus answered a {data.get('resultType')} "
-                "for a range selector, expected a matrix"
-            )
+        series_points: list[tuple[dict[str, str], list[tuple[float, float]]]] = self._query_data(
+            f"{series}[{span}s]", end, parse=_matrix
+        )
         out: list[Sample] = []
-        try:
-            for s in data.get("result") or []:
-                points = [(float(t), _num(v)) for t, v in s.get("values", [])]
-                before = [v for t, v in points if t <= start]
-                prev = before[-1] if before else 0.0
-                inc = 0.0
-                for t, v in points:
-                    if t <= start or not math.isfinite(v):
-                        continue
-                    inc += v - prev if v >= prev else v
-                    prev = v
-                out.append((dict(s.get("metric", {})), inc))
-        except (TypeError, ValueError, IndexError, AttributeError) as exc:
-            raise MetricsUnavailableError(f"Prometheus answer malformed: {exc}") from exc
+        for labels, points in series_points:
+            before = [v for t, v in points if t <= start]
+            prev = before[-1] if before else 0.0
+            inc = 0.0
+            for t, v in points:
+                if t <= start or not math.isfinite(v):
+                    continue
+                inc += v - prev if v >= prev else v
+                prev = v
+            out.append((labels, inc))
         return out
 
     def counts(self, *, namespace: str, workload: str, start: float, end: float) -> WorkloadCounts:
@@ -336,7 +336,24 @@ class PrometheusProvider:
         return {}, inc
 
 
+def _matrix(data: dict[str, Any]) -> list[tuple[dict[str, str], list[tuple[float, float]]]]:
+    """Matrix ``data`` -> (labels, [(time, value)]); ``TransientError`` when malformed."""
+    if data.get("resultType") != "matrix":
+        raise TransientError(
+            f"Prometheus answered a {data.get('resultType')} for a range selector, "
+            "expected a matrix"
+        )
+    try:
+        return [
+            (dict(s.get("metric", {})), [(float(t), _num(v)) for t, v in s.get("values", [])])
+            for s in data.get("result") or []
+        ]
+    except (TypeError, ValueError, IndexError, AttributeError) as exc:
+        raise TransientError(f"Prometheus answer malformed: {exc}") from exc
+
+
 def _samples(data: dict[str, Any]) -> list[Sample]:
+    """Vector or scalar ``data`` -> samples; ``TransientError`` when malformed (retried)."""
     rtype = data.get("resultType")
     result = data.get("result")
     try:
@@ -345,8 +362,8 @@ def _samples(data: dict[str, Any]) -> list[Sample]:
         if rtype == "vector":
             return [(dict(s.get("metric", {})), _num(s["value"][1])) for s in result or []]
     except (TypeError, KeyError, IndexError, ValueError) as exc:
-        raise MetricsUnavailableError(f"Prometheus answer malformed: {exc}") from exc
-    raise MetricsUnavailableError(f"Prometheus answered a {rtype}, expected a vector or scalar")
+        raise TransientError(f"Prometheus answer malformed: {exc}") from exc
+    raise TransientError(f"Prometheus answered a {rtype}, expected a vector or scalar")
 
 
 def _num(text: Any) -> float:
