@@ -388,7 +388,7 @@ class Rule:
     dwell_min_bad: float = judges.DWELL_MIN_BAD
     floor_confidence: float = judges.FLOOR_CONFIDENCE
     # What-if only (not the product; such runs are not replayed): how the sequential judge
-    # treats the request-duration max. "threshold" (the product): p99 of each interval <= max;
+    # treats the request-duration max. "threshold" (the product): the window's p99 <= max;
     # "floor": the share of requests slower than max judged like the success-rate floor (counts
     # since the weight was set, 99 % Wilson, stable confidently within); "off": only the
     # slow-share sequential test.
@@ -476,6 +476,8 @@ class Check:
     ties: int = 0  # replays stopped at a numerical tie (twin and product within 1e-7)
     floor: int = 0  # floor verdicts of canaries below the floor checked with judges._floor
     floor_fails: int = 0  # of which "fail"
+    grown: int = 0  # analyses whose window had grown over inconclusive holds
+    longest: int = 0  # the longest such window, in intervals
     seen: dict[str, int] = field(default_factory=dict)  # decisions replayed, by kind
 
     def __iadd__(self, other: Check) -> Check:
@@ -484,6 +486,8 @@ class Check:
         self.ties += other.ties
         self.floor += other.floor
         self.floor_fails += other.floor_fails
+        self.grown += other.grown
+        self.longest = max(self.longest, other.longest)
         for k, n in other.seen.items():
             self.seen[k] = self.seen.get(k, 0) + n
         return self
@@ -551,14 +555,21 @@ def simulate_rule(
 ) -> tuple[Result, Check]:
     """canaryctl's judge (``rule.judge``) and ``rollout.decide``, vectorised over the runs.
 
-    Per analysis (one interval ``sec``; every decision restarts the window):
+    One analysis per interval ``sec``. Two windows, as in the product:
 
-    - threshold metrics (``analysis.judge_metric`` on the last interval): the p99 <= 500 ms
-      (latency cells; ``histogram_quantile`` of the interval's buckets), and for the threshold
-      judge the success rate >= 99 %; fewer than minRequests canary requests = inconclusive;
-    - sequential judge: the e-process of every sequential metric over the whole rollout
-      (alpha / number of metrics each), rejected -> fail; the success-rate floor on the
-      intervals since the weight was set (``judges._floor``); the dwell (``judges._dwell_reason``);
+    - the *analysis window* (``Controller.analyse``: ``now - state.window_start``): grows while
+      the analyses are inconclusive (the weight is held, the window keeps its start), restarts
+      after every other decision (advance, fail-hold, dwell). Threshold metrics
+      (``analysis.judge_metric``) are judged on it: the p99 <= 500 ms (latency cells;
+      ``histogram_quantile`` of the window's buckets), and for the threshold judge the success
+      rate >= 99 % (the window's ``rate()`` ratio); fewer than minRequests canary requests in
+      the window = inconclusive;
+    - the *counts window* (``judges.measure_counts``: ``[step_started_at, now]``): always the
+      last interval (non-overlapping). Sequential judge: the e-process of every sequential
+      metric over all the rollout's windows (alpha / number of metrics each), rejected -> fail;
+      the success-rate floor on the windows since the weight was set (``judges._floor``); the
+      dwell (``judges._dwell_reason``: at most ``max_dwell`` windows already measured at this
+      weight, holds and dwells alike);
     - ``combine`` (fail > inconclusive > pass) and ``decide`` (failureLimit, inconclusiveLimit,
       dwell, advance, promote).
 
@@ -578,7 +589,12 @@ def simulate_rule(
     reason = np.zeros(runs, int)
     failed = np.zeros(runs, int)
     streak = np.zeros(runs, int)  # inconclusive analyses in a row
-    dwelt = np.zeros(runs, int)  # dwell holds at the current step
+    dwelt = np.zeros(runs, int)  # windows already measured at the current step (any action)
+    # analysis window (since state.window_start): intervals, canary requests and 5xx, and the
+    # canary's latency buckets
+    win_t = np.zeros(runs, int)
+    win = np.zeros((2, runs))
+    win_h = np.zeros((runs, len(ISTIO_BUCKETS_MS) + 1), int) if cell.latency else None
     here = np.zeros((nm, 4, runs))  # counts since the weight was set: nc, bc, ns, bs
     cum = np.zeros((nm, 4, runs))  # counts of the whole rollout
     alpha_m = rule.alpha / nm  # as judges.sequential_results: alpha split between the tests
@@ -602,21 +618,27 @@ def simulate_rule(
                 cum[m, j, idx] += arr
         c0 = cs[0]
         n = idx.size
+        win_t[idx] += 1
+        win[0, idx] += c0.nc
+        win[1, idx] += c0.bc
+        w_nc, w_bc = win[0, idx], win[1, idx]
         v = {  # verdicts, named as in the product's StepAnalysis
             "fail_threshold": np.zeros(n, bool),
             "inconclusive_threshold": np.zeros(n, bool),
+            "win_t": win_t[idx].copy(),
         }
-        if not seq:  # request-success-rate as a threshold on the interval's rate()
+        if not seq:  # request-success-rate as a threshold on the window's rate()
             with np.errstate(invalid="ignore", divide="ignore"):
-                rate = 100 - 100 * (c0.bc / c0.nc)
-            v["sr_inc"] = (c0.nc < rule.min_requests) | np.isnan(rate)
+                rate = 100 - 100 * (w_bc / w_nc)
+            v["sr_inc"] = (w_nc < rule.min_requests) | np.isnan(rate)
             v["sr_fail"] = ~v["sr_inc"] & (rate < FLOOR_PCT)
             v["fail_threshold"] |= v["sr_fail"]
             v["inconclusive_threshold"] |= v["sr_inc"]
-        if cell.latency and rule.p99 == "threshold":  # request-duration max: p99, one interval
-            assert cs[1].hist_c is not None
-            v["p99"] = histogram_p99(cs[1].hist_c)
-            v["p99_inc"] = (c0.nc < rule.min_requests) | np.isnan(v["p99"])
+        if cell.latency and rule.p99 == "threshold":  # request-duration max: the window's p99
+            assert cs[1].hist_c is not None and win_h is not None
+            win_h[idx] += cs[1].hist_c
+            v["p99"] = histogram_p99(win_h[idx])
+            v["p99_inc"] = (w_nc < rule.min_requests) | np.isnan(v["p99"])
             v["p99_fail"] = ~v["p99_inc"] & (v["p99"] > P99_MS)
             v["fail_threshold"] |= v["p99_fail"]
             v["inconclusive_threshold"] |= v["p99_inc"]
@@ -690,19 +712,27 @@ def simulate_rule(
             rep = replays[int(idx[p])]
             if not rep.done:
                 check.intervals += 1
-                kind = rep.compare(t, (t + 1) * sec, cs, int(p), v)
+                kind = rep.compare(t, T0 + (t + 1) * sec, cs, int(p), v)
                 if kind == "tie":
                     check.ties += 1
                 else:
                     check.seen[kind] = check.seen.get(kind, 0) + 1
+                    check.grown += bool(v["win_t"][p] > 1)
+                    check.longest = max(check.longest, int(v["win_t"][p]))
         status[idx[rollback]] = ROLLED_BACK
         status[idx[promote]] = PROMOTED
         reason[idx[rollback]] = why[rollback]
         dtime[idx[rollback | promote]] = (t + 1) * sec
         moved = idx[adv]
         step[moved] += 1
-        dwelt[idx[dw]] += 1
-        dwelt[moved] = 0
+        dwelt[idx] += 1  # this window is now stored at this step ...
+        dwelt[moved] = 0  # ... unless the weight moved on
+        # the analysis window keeps its start after an inconclusive hold only
+        restart = idx[~(inconclusive & ~rollback)]
+        win_t[restart] = 0
+        win[:, restart] = 0
+        if win_h is not None:
+            win_h[restart] = 0
         here[:, :, moved] = 0
         for tw in twins:
             tw.reset_gate(moved)
@@ -715,60 +745,69 @@ def simulate_rule(
 
 CANARY_WL, STABLE_WL = "bench-canary", "bench-stable"
 TIE = 1e-7  # a twin value this close to a decision boundary: stop replaying that run
+# the replays' clock at the start of a rollout: a plausible epoch time (``window_start`` reads a
+# ``window_started_at`` of 0 as unset, so a rollout begun at clock 0 would not grow its window)
+T0 = 1_700_000_000.0
 
 
 class SimProvider:
-    """The metrics provider the product reads in a replay: one interval of one simulated run.
+    """The metrics provider the product reads in a replay: the simulated intervals of one run.
 
-    Counters are exact (no ``increase()`` extrapolation); ``measure`` returns what the built-in
-    queries would: success rate = 100 - 100 x 5xx / requests over the window, p99 =
-    ``histogram_quantile(0.99)`` of the window's buckets, and the canary's request count.
+    Counters are exact (no ``increase()`` extrapolation). ``measure`` serves any window made of
+    whole intervals ending now (the analysis window grows over inconclusive holds) and returns
+    what the built-in queries would: success rate = 100 - 100 x 5xx / requests over the window,
+    p99 = ``histogram_quantile(0.99)`` of the window's buckets, and the canary's request count.
+    ``counts`` / ``bucket_counts`` (the sequential judge's per-window counts) must ask for
+    exactly the last interval.
     """
 
     def __init__(self, sec: float) -> None:
         self.sec = sec
         self.now = 0.0
-        self.req: dict[str, tuple[int, int]] = {}
-        self.hist: dict[str, np.ndarray] = {}
-        self.p99 = (math.nan, math.nan)
+        # per interval, oldest first: (canary (n, 5xx), stable (n, 5xx), canary / stable buckets)
+        self.log: list[tuple[tuple[int, int], tuple[int, int], Any, Any]] = []
 
-    def load(self, now: float, cs: list[Counts], p: int, v: dict[str, Any]) -> None:
+    def load(self, now: float, cs: list[Counts], p: int) -> None:
         c0 = cs[0]
         self.now = now
-        self.req = {
-            "canary": (int(c0.nc[p]), int(c0.bc[p])),
-            "stable": (int(c0.ns[p]), int(c0.bs[p])),
-        }
+        hc = hs = None
         if len(cs) > 1:
-            hc, hs = cs[1].hist_c, cs[1].hist_s
-            assert hc is not None and hs is not None
-            self.hist = {"canary": hc[p], "stable": hs[p]}
-            self.p99 = (float(v["p99"][p]), float(histogram_p99(hs[p : p + 1])[0]))
+            assert cs[1].hist_c is not None and cs[1].hist_s is not None
+            hc, hs = cs[1].hist_c[p], cs[1].hist_s[p]
+        self.log.append(((int(c0.nc[p]), int(c0.bc[p])), (int(c0.ns[p]), int(c0.bs[p])), hc, hs))
 
-    def _side(self, workload: str, start: float, end: float) -> str:
-        assert end == self.now and end - start == self.sec, ("window", start, end, self.now)
-        return {CANARY_WL: "canary", STABLE_WL: "stable"}[workload]
+    def _last(self, seconds: float) -> list[tuple[tuple[int, int], tuple[int, int], Any, Any]]:
+        k = round(seconds / self.sec)
+        assert k * self.sec == seconds and 1 <= k <= len(self.log), ("window", seconds, self.sec)
+        return self.log[-k:]
+
+    def _side(self, workload: str, start: float, end: float) -> int:
+        assert end == self.now and end - start == self.sec, ("counts window", start, end)
+        return {CANARY_WL: 0, STABLE_WL: 1}[workload]
 
     def measure(self, metric: Any, ctx: Any) -> Measurement:
-        assert ctx.at == self.now and ctx.window_seconds == self.sec, ("window", ctx)
-        (nc, bc), (ns, bs) = self.req["canary"], self.req["stable"]
+        assert ctx.at == self.now, ("window", ctx)
+        got = self._last(ctx.window_seconds)
+        nc, bc = (sum(x[0][j] for x in got) for j in (0, 1))
+        ns, bs = (sum(x[1][j] for x in got) for j in (0, 1))
         if metric.name == "request-success-rate":
             canary = 100 - 100 * (bc / nc) if nc else math.nan
             stable = 100 - 100 * (bs / ns) if ns else math.nan
         elif metric.name == "request-duration":
-            canary, stable = self.p99
+            hist = [np.sum([x[j] for x in got], axis=0)[None, :] for j in (2, 3)]
+            canary, stable = (float(histogram_p99(h)[0]) for h in hist)
         else:
             raise ValueError(metric.name)
         return Measurement(metric.name, canary, stable, canary_requests=float(nc))
 
     def counts(self, *, namespace: str, workload: str, start: float, end: float) -> WorkloadCounts:
-        n, bad = self.req[self._side(workload, start, end)]
+        n, bad = self.log[-1][self._side(workload, start, end)]
         return WorkloadCounts(requests=n, errors=bad)
 
     def bucket_counts(
         self, *, namespace: str, workload: str, start: float, end: float
     ) -> tuple[dict[float, float], dict[float, float]]:
-        cum = np.cumsum(self.hist[self._side(workload, start, end)])
+        cum = np.cumsum(self.log[-1][2 + self._side(workload, start, end)])
         return {}, {le: float(x) for le, x in zip((*ISTIO_BUCKETS_MS, math.inf), cum, strict=True)}
 
 
@@ -803,7 +842,7 @@ class Replay:
             canary_workload=CANARY_WL,
             policy=rule.policy(bool(cell.latency), sec),
             current_canary_weight=0,
-            now=0.0,
+            now=T0,
         )
         self.done = False
 
@@ -820,7 +859,9 @@ class Replay:
         if min((x for x in margins if not math.isnan(x)), default=math.inf) < TIE:
             self.done = True
             return "tie"
-        self.provider.load(now, cs, p, v)
+        self.provider.load(now, cs, p)
+        window = round(now - self.state.window_start)  # what Controller.analyse measures
+        assert window == v["win_t"][p] * self.provider.sec, ("window", window, v["win_t"][p])
         analysis = self.ctrl.analyse(self.state, now)
         decision = rollout.decide(self.state, analysis, now=now)
         self.state = decision.state
@@ -1097,7 +1138,8 @@ def report(results: list[CellResult], meta: str, out: Path) -> None:
     md.append(
         "e-process = the sequential test rejected (bounded by alpha = 1 % over the rollout; "
         "alpha/2 per test in latency cells); floor = success-rate floor; p99 = the absolute "
-        "`request-duration` threshold on one interval; inconclusive = more than "
+        "`request-duration` threshold on the analysis window (one interval, longer after "
+        "inconclusive holds); inconclusive = more than "
         "inconclusiveLimit inconclusive analyses in a row. (d) is the negative control: a "
         "fixed-sample z-test at 5 % repeated after every step."
     )
@@ -1286,7 +1328,9 @@ def main() -> None:
         + (", (b) and (c) only" if args.quick else "")
         + ") and "
         f"{total.intervals} analyses replayed through `Controller.analyse` + `rollout.decide`, "
-        f"all identical to the twin; {total.ties} replays stopped at a numerical tie; and "
+        f"all identical to the twin (in {total.grown} of them the window `now - "
+        f"window_start` had grown over inconclusive holds, up to {total.longest} intervals); "
+        f"{total.ties} replays stopped at a numerical tie; and "
         f"{total.floor} floor verdicts ({total.floor_fails} fail) checked with `judges._floor` "
         "(every analysis of any run in which the canary was confidently below the floor). "
         "Decisions "
@@ -1296,7 +1340,7 @@ def main() -> None:
     print("\n".join(check_targets(results)))
     print(
         f"done in {el:.0f} s; replayed {total.runs} runs / {total.intervals} analyses "
-        f"({total.ties} ties) -> {out}"
+        f"({total.grown} on a grown window, {total.ties} ties) -> {out}"
     )
 
 

@@ -60,7 +60,7 @@ class RolloutState:
     # start of the window the next analysis measures: equal to step_started_at, except after an
     # inconclusive analysis, which holds the weight and lets the window grow (all of it was
     # served at this weight), so a quiet canary accumulates evidence instead of starting over
-    window_started_at: float = 0.0
+    window_started_at: float | None = None  # None: same as step_started_at (older states)
     started_at: float = 0.0
     updated_at: float = 0.0
     finished_at: float | None = None
@@ -92,7 +92,7 @@ class RolloutState:
 
     @property
     def window_start(self) -> float:
-        return self.window_started_at or self.step_started_at
+        return self.step_started_at if self.window_started_at is None else self.window_started_at
 
     # --- serialisation --------------------------------------------------------------------
     def to_json(self) -> str:
