@@ -1084,6 +1084,24 @@ def summary_table(results: list[CellResult]) -> list[str]:
     return md
 
 
+README = Path(__file__).resolve().parents[1] / "README.md"
+BEGIN, END = "<!-- judgement:begin -->", "<!-- judgement:end -->"
+
+
+def update_readme(results: list[CellResult]) -> None:
+    """Replace the README's benchmark section (between the markers) with this run's targets
+    and compact table, so the README always quotes what the committed script produced."""
+    table = summary_table(results)
+    text = README.read_text()
+    if not table or BEGIN not in text or END not in text:
+        return
+    lines = [*check_targets(results), *table]
+    lines = ["#### " + x[3:] if x.startswith("## ") else x for x in lines]  # nest under README
+    body = [BEGIN, "", *lines, "", END]
+    head, rest = text.split(BEGIN, 1)
+    README.write_text(head + "\n".join(body) + rest.split(END, 1)[1])
+
+
 def report(results: list[CellResult], meta: str, out: Path) -> None:
     ps = list(POLICIES)
     md = ["# Judgement benchmark", "", meta, "", "Policies:", ""]
@@ -1337,6 +1355,8 @@ def main() -> None:
         "replayed: " + ", ".join(f"{k} {n}" for k, n in sorted(total.seen.items())) + "."
     )
     report(results, meta, out)
+    if args.out is None and not args.quick:
+        update_readme(results)
     print("\n".join(check_targets(results)))
     print(
         f"done in {el:.0f} s; replayed {total.runs} runs / {total.intervals} analyses "
