@@ -5,8 +5,11 @@ Starting a sandbox costs ~8 s (Prometheus's first scrapes), so each worker start
 (session scope) and every test gets it back in the seed state: the rest-apl manifests applied
 again (VirtualService at 80/20, no rollout annotation), no lease, no injected fault, RBAC open,
 both Deployments available, the default traffic profiles, and the proxy listening with nothing
-scripted. canaryctl runs as a real subprocess (``python -m canaryctl``) against the emulator and
-the proxy in front of the real Prometheus.
+scripted. canaryctl runs as its own process against the emulator and the proxy in front of the
+real Prometheus: ``World.run`` forks it from a zygote that imported ``canaryctl.cli`` once
+(``forkcli.py``: the kubernetes client's import costs ~1.8 s of CPU per process, which would
+dominate the suite's time budget), and ``World.popen`` (signals) starts ``python -m canaryctl``.
+``FAULTS_REAL_SUBPROCESS=1`` makes ``World.run`` start ``python -m canaryctl`` too.
 
 The summary table: every test declares its case and expected outcome with the ``case`` fixture
 and records what it observed before asserting, so a failing case still shows what happened. The
@@ -18,6 +21,7 @@ directory ran without ``-k``/``-m``/``--lf``/``-x``/deselection.
 from __future__ import annotations
 
 import json
+import os
 import re
 import signal
 import subprocess
@@ -34,6 +38,7 @@ from canaryctl.sandbox import load_manifests
 from canaryctl.sandbox.traffic import Profile
 from canaryctl.sandbox.world import STABLE_PROFILE, Sandbox
 from tests.e2e.conftest import FAST_POLICY, Run, World
+from tests.faults.forkcli import Zygote
 from tests.faults.promproxy import PrometheusFaultProxy
 
 NS = "istio-apl"
@@ -42,6 +47,7 @@ VS = "rest-apl-vs"
 LEASE = "canaryctl.rest-apl-vs"
 FAULTS_DIR = Path(__file__).resolve().parent
 REPORT = FAULTS_DIR.parents[1] / "docs" / "reliability.md"
+ROLE = FAULTS_DIR.parents[1] / "examples" / "cronjob" / "role.yaml"
 KUBE_RETRY_SECONDS = 5
 PROM_RETRY_BUDGET = 4  # seconds; spec.prometheus.retryBudget of the fault policy
 # The fast policy of tests/e2e/conftest.py, shortened: two steps of 2 s, 1 s query timeout.
@@ -63,9 +69,12 @@ class _Stopped(Exception):
 class FaultWorld(World):
     """The e2e ``World`` pointed at the fault proxy, with helpers for timing faults."""
 
-    def __init__(self, sandbox: Sandbox, tmp: Path, proxy: PrometheusFaultProxy) -> None:
+    def __init__(
+        self, sandbox: Sandbox, tmp: Path, proxy: PrometheusFaultProxy, zygote: Zygote | None
+    ) -> None:
         super().__init__(sandbox, tmp)
         self.proxy = proxy
+        self.zygote = zygote
         self.kube_retry_seconds = KUBE_RETRY_SECONDS
         self.extra_env: dict[str, str] = {}
         self.procs: list[subprocess.Popen[str]] = []
@@ -92,6 +101,18 @@ class FaultWorld(World):
         if prometheus and args and args[0] in _PROM_COMMANDS:
             argv += ["--prometheus-url", self.proxy.url]
         return argv
+
+    def run(self, *args: str, timeout: float = 120, prometheus: bool = True) -> Run:
+        """``canaryctl ARGS`` as its own process (forked from the zygote), to completion."""
+        if self.zygote is None:
+            return self.subprocess_run(*args, timeout=timeout, prometheus=prometheus)
+        argv = self.argv(*args, prometheus=prometheus)[3:]  # after `python -m canaryctl`
+        res = self.zygote.run(argv, self.env(), timeout=timeout)
+        return Run(res.code, res.stdout, res.stderr)
+
+    def subprocess_run(self, *args: str, timeout: float = 120, prometheus: bool = True) -> Run:
+        """``python -m canaryctl ARGS``, a fresh interpreter."""
+        return super().run(*args, timeout=timeout, prometheus=prometheus)
 
     def popen(self, *args: str, quiet: bool = False) -> subprocess.Popen[str]:
         proc = super().popen(*args, quiet=quiet)
@@ -173,6 +194,11 @@ class FaultWorld(World):
             assert self.weight_map()["v2"] == state["weight"], (self.weights(), state["weight"])
         return state
 
+    def lease_holder(self) -> str | None:
+        """The holder of the rollout's Lease ("" once released, None if there is none)."""
+        lease = self.sb.emulator.get("coordination.k8s.io/v1", "Lease", NS, LEASE)
+        return None if lease is None else str(lease["spec"].get("holderIdentity") or "")
+
     def observed(self, res: Run | None = None) -> str:
         """Deterministic one-line summary of the outcome, for the reliability table."""
         parts = []
@@ -198,6 +224,19 @@ class FaultWorld(World):
         else:
             parts.append("no rollout state")
         return "; ".join(parts)
+
+
+def role_rules() -> frozenset[tuple[str, str, str]]:
+    """examples/cronjob/role.yaml as the emulator's RBAC: (verb, apiGroup, resource) tuples."""
+    role = yaml.safe_load(ROLE.read_text())
+    assert role["kind"] == "Role", role["kind"]
+    return frozenset(
+        (verb, group, resource)
+        for rule in role["rules"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    )
 
 
 def _json_or_none(stdout: str) -> dict[str, Any] | None:
@@ -230,7 +269,7 @@ def log_events(stderr: str) -> list[dict[str, Any]]:
 def normalise(text: str) -> str:
     """Drop what changes from run to run: ports, measured values, request counts."""
     text = re.sub(r"127\.0\.0\.1:\d+", "127.0.0.1:PORT", text)
-    text = re.sub(r"\d+\.\d+", "N", text)
+    text = re.sub(r"(?<![\d.])\d+\.\d+(?![\d.])", "N", text)
     text = re.sub(r"\b\d+ (canary )?requests", r"N \1requests", text)
     return text.replace("|", "/").replace("\n", " ")
 
@@ -285,13 +324,22 @@ def reset(sandbox: Sandbox, proxy: PrometheusFaultProxy) -> None:
     emu.clear_writes()
 
 
+@pytest.fixture(scope="session")
+def zygote() -> Iterator[Zygote | None]:
+    if os.environ.get("FAULTS_REAL_SUBPROCESS") == "1":
+        yield None
+        return
+    with Zygote() as z:
+        yield z
+
+
 @pytest.fixture
 def world(
-    fault_sandbox: tuple[Sandbox, PrometheusFaultProxy], tmp_path: Path
+    fault_sandbox: tuple[Sandbox, PrometheusFaultProxy], zygote: Zygote | None, tmp_path: Path
 ) -> Iterator[FaultWorld]:
     sandbox, proxy = fault_sandbox
     reset(sandbox, proxy)
-    w = FaultWorld(sandbox, tmp_path, proxy)
+    w = FaultWorld(sandbox, tmp_path, proxy, zygote)
     try:
         yield w
     finally:
@@ -409,8 +457,7 @@ def render_table(results: dict[str, dict[str, Any]], wall: float) -> str:
         "showed (observed). Values that change from run to run (ports, measured values, request",
         "counts) are written `N`/`PORT`; times are whole seconds.",
         "",
-        f"{len(rows)} cases: {passed} pass, {len(rows) - passed} fail; "
-        f"wall time {round(wall)} s.",
+        f"{len(rows)} cases: {passed} pass, {len(rows) - passed} fail; wall time {round(wall)} s.",
         "",
         "| # | area | case | expected | observed | result | s |",
         "|---|---|---|---|---|---|---|",

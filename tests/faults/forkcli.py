@@ -6,13 +6,15 @@ process that imports ``canaryctl.cli`` once, then forks a child per command. The
 environment and argv, redirects stdout/stderr to files and calls ``canaryctl.cli.main()``
 (what ``python -m canaryctl`` calls), so each command still runs in its own process with its
 own exit code and its own clients and state. Protocol: one JSON request per line on stdin, one
-JSON answer per line on stdout.
+JSON answer per line on stdout. Run as ``python -m tests.faults.forkcli`` from the repository.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -41,7 +43,7 @@ class Zygote:
 
     def __enter__(self) -> Self:
         self._proc = subprocess.Popen(
-            [sys.executable, __file__],
+            [sys.executable, "-m", "tests.faults.forkcli"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
@@ -68,14 +70,23 @@ class Zygote:
                 self._proc.wait()
             if self._proc.stdout:
                 self._proc.stdout.close()
+        shutil.rmtree(self._dir, ignore_errors=True)
 
-    def run(self, args: list[str], env: dict[str, str]) -> ForkRun:
+    def run(self, args: list[str], env: dict[str, str], timeout: float = 120) -> ForkRun:
+        """``canaryctl ARGS`` in a forked child with this environment; a child still running
+        after ``timeout`` seconds is killed by SIGALRM (exit code -14)."""
         assert self._proc is not None and self._proc.stdin and self._proc.stdout
         with self._lock:
             self._count += 1
             out = self._dir / f"{self._count}.out"
             err = self._dir / f"{self._count}.err"
-            request = {"args": args, "env": env, "stdout": str(out), "stderr": str(err)}
+            request = {
+                "args": args,
+                "env": env,
+                "stdout": str(out),
+                "stderr": str(err),
+                "timeout": max(1, round(timeout)),
+            }
             self._proc.stdin.write(json.dumps(request) + "\n")
             self._proc.stdin.flush()
             answer = json.loads(self._proc.stdout.readline())
@@ -83,6 +94,9 @@ class Zygote:
 
 
 def _serve() -> None:  # pragma: no cover - runs in the zygote process
+    # What the commands import lazily: paid once here, not in every child.
+    from kubernetes import client
+
     import canaryctl.cli
     import canaryctl.controller
     import canaryctl.kube
@@ -92,8 +106,7 @@ def _serve() -> None:  # pragma: no cover - runs in the zygote process
     import canaryctl.operations
     import canaryctl.policy
     import canaryctl.reconcile
-    import canaryctl.render  # noqa: F401 - imported lazily by the commands: pay it once here
-    from kubernetes import client
+    import canaryctl.render
 
     for name in (
         "CoreV1Api",
@@ -126,6 +139,7 @@ def _serve() -> None:  # pragma: no cover - runs in the zygote process
                     os.dup2(target, fd)
                     os.close(target)
                 sys.argv = ["canaryctl", *request["args"]]
+                signal.alarm(int(request["timeout"]))
                 try:
                     canaryctl.cli.main()
                     code = 0

@@ -38,6 +38,7 @@ class Fault:
     status: int | None = None  # answer this status with ``body`` instead of forwarding
     body: str = ""
     transform: Transform | None = None  # forward, then rewrite the JSON answer
+    when: Callable[[], bool] | None = None  # armed only while this is true (checked per request)
     hits: int = 0
 
     def live(self, now: float) -> bool:
@@ -131,9 +132,11 @@ class PrometheusFaultProxy:
         status: int | None = None,
         body: str | dict[str, Any] = "",
         transform: Transform | None = None,
+        when: Callable[[], bool] | None = None,
     ) -> Fault:
         """Script a fault for the next ``times`` matching requests or for ``seconds``
-        (neither: until ``clear()``)."""
+        (neither: until ``clear()``); with ``when``, only requests arriving while ``when()`` is
+        true match (e.g. "from the second rollout write on", with no race against a poller)."""
         fault = Fault(
             kind=kind,
             match=re.compile(match) if match else None,
@@ -143,6 +146,7 @@ class PrometheusFaultProxy:
             status=status,
             body=body if isinstance(body, str) else json.dumps(body),
             transform=transform,
+            when=when,
         )
         with self._lock:
             self._state.faults.append(fault)
@@ -168,6 +172,8 @@ class PrometheusFaultProxy:
                 if not fault.live(now):
                     continue
                 if fault.match is not None and not fault.match.search(query):
+                    continue
+                if fault.when is not None and not fault.when():
                     continue
                 fault.hits += 1
                 return fault
@@ -210,7 +216,11 @@ def _handler(proxy: PrometheusFaultProxy) -> type[BaseHTTPRequestHandler]:
             if fault is not None and fault.status is not None:
                 self._answer(fault.status, "application/json", fault.body.encode())
                 return
-            status, ctype, payload = proxy.forward(self.command, self.path, body, content_type)
+            try:
+                status, ctype, payload = proxy.forward(self.command, self.path, body, content_type)
+            except OSError as exc:  # Prometheus itself is gone (e.g. the session is ending)
+                self._answer(502, "text/plain", f"upstream: {exc}".encode())
+                return
             if fault is not None and fault.transform is not None and status == 200:
                 payload = json.dumps(fault.transform(json.loads(payload))).encode()
             self._answer(status, ctype, payload)
