@@ -82,7 +82,7 @@ def test_every_hook_type_in_a_promoted_rollout(world: World, hooks: RecordingSer
         if state:
             phases.add(state["phase"])
         time.sleep(0.2)
-    out, err = proc.communicate(timeout=30)
+    _out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
     assert "Waiting" in phases
     assert world.state()["failed"] == 0 and world.state()["phase"] == "Promoted"
