@@ -325,6 +325,10 @@ def reconcile_cmd(
             for o in report.outcomes
         ] or ["no rollouts in progress"]
         _emit(report.to_dict(), output, "\n".join(lines))
+        failed = [o for o in report.outcomes if o.action in ("failed", "error")]
+        if report.exit_code:
+            detail = "; ".join(f"{o.namespace}/{o.virtual_service}: {o.detail}" for o in failed)
+            sys.stderr.write(f"error: infrastructure failure: {detail}\n"[:2000])
         return report.exit_code
 
     _execute(output, log_level, body)

@@ -26,6 +26,7 @@ from canaryctl.errors import (
     MetricsUnavailableError,
     PermissionDeniedError,
     RolloutStateError,
+    TargetNotFoundError,
 )
 from canaryctl.hooks import GateKind, HookRunner, as_failed_checks, outcome_of
 from canaryctl.kube import KubeClient
@@ -134,7 +135,11 @@ class Controller:
     ) -> dict[str, Any]:
         """Write weights + state in one guarded patch (see module docstring)."""
         for attempt in range(attempts):
-            vs = self.router.read(state.namespace, state.virtual_service)
+            vs = (
+                self.router.read(state.namespace, state.virtual_service)
+                if expect is None
+                else self.read_vs(state)
+            )
             stored = read_state(vs)
             if expect is None:
                 if stored is not None and stored.active:
@@ -248,7 +253,7 @@ class Controller:
         written, and ``RolloutInfraError`` says which happened (exit 3)."""
         now = self.clock()
         try:
-            vs = self.router.read(state.namespace, state.virtual_service)
+            vs = self.read_vs(state)
             target = self._target(state, vs, None)
             ok, why = self.router.canary_available(target, state.canary_workload)
             if not ok:
@@ -320,8 +325,21 @@ class Controller:
         return state
 
     # --- the loop ---------------------------------------------------------------------------
+    def read_vs(self, state: RolloutState) -> dict[str, Any]:
+        """The VirtualService of a rollout in progress. Its disappearance is not bad input
+        (the rollout had already changed the cluster) but an infrastructure failure: exit 3."""
+        try:
+            return self.router.read(state.namespace, state.virtual_service)
+        except TargetNotFoundError:
+            raise RolloutInfraError(
+                f"VirtualService {state.namespace}/{state.virtual_service} was deleted during "
+                f"the rollout of {state.app} (last canary weight {state.weight}%); "
+                "nothing left to roll back",
+                state,
+            ) from None
+
     def refresh(self, state: RolloutState) -> RolloutState:
-        vs = self.router.read(state.namespace, state.virtual_service)
+        vs = self.read_vs(state)
         stored = read_state(vs)
         if stored is None:
             raise RolloutStateError(

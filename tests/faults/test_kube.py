@@ -281,16 +281,16 @@ def test_rbac_without_patch_virtualservices_exits_3_naming_verb_and_resource(
     assert world.state() is None
 
 
-def test_virtualservice_deleted_mid_rollout_exits_2_with_a_clear_error(
+def test_virtualservice_deleted_mid_rollout_exits_3_with_a_clear_error(
     world: FaultWorld, case: Case
 ) -> None:
-    """The VirtualService is deleted while step 1 waits: canaryctl stops with exit 2 (it treats
-    the vanished target as "target not found") and one line naming the VirtualService; no
-    traceback, and it does not re-create or write anything."""
+    """The VirtualService is deleted while step 1 waits: canaryctl stops with exit 3 (the
+    rollout had changed the cluster, so this is not "invalid input") and one line saying the
+    VirtualService was deleted during the rollout; no traceback, nothing re-created or written."""
     case(
         "VirtualService deleted mid-rollout",
-        "exit 2 (target not found), one-line error naming rest-apl-vs, no traceback, "
-        "no write after the deletion",
+        "exit 3, one-line error saying rest-apl-vs was deleted during the rollout, no "
+        "traceback, no write after the deletion",
     )
     deleted: list[int] = []
 
@@ -304,9 +304,9 @@ def test_virtualservice_deleted_mid_rollout_exits_2_with_a_clear_error(
     vs_after = [w for w in after if "virtualservices" in w.path and w.status < 300]
     case.observed(world.observed(res) + f"; VS writes after deletion {len(vs_after)}")
     assert deleted, "the VirtualService was not deleted"
-    assert res.code == 2, res.stderr[-3000:]
+    assert res.code == 3, res.stderr[-3000:]
     assert res.json()["result"] == "error"
-    assert_one_line_error(res, "rest-apl-vs", "not found")
+    assert_one_line_error(res, "rest-apl-vs", "deleted during the rollout")
     assert vs_after == []
     assert world.sb.emulator.get("networking.istio.io/v1", "VirtualService", NS, VS) is None
     assert world.lease_holder() == "", "the rollout's lease was not released"
