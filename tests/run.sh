@@ -10,5 +10,7 @@ VENV="${CANARYCTL_VENV:-.venv}"
 "$VENV/bin/ruff" format --check canaryctl tests benchmarks
 "$VENV/bin/mypy" canaryctl
 "$VENV/bin/hadolint" Dockerfile
-# 3 workers on 2 cores: the end-to-end tests mostly wait for analysis intervals
-exec "$VENV/bin/python" -m pytest -q -n "${CANARYCTL_TEST_WORKERS:-3}" "$@"
+# 6 workers on 2 cores: the end-to-end tests mostly wait (analysis intervals, scrapes);
+# worksteal keeps the long kill tests from ending up last on one worker
+exec "$VENV/bin/python" -m pytest -q -n "${CANARYCTL_TEST_WORKERS:-6}" --dist worksteal \
+  --durations=15 "$@"

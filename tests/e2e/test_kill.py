@@ -17,7 +17,7 @@ from canaryctl.sandbox import load_manifests, manifests_dir
 from tests.e2e.conftest import World
 
 RUNS = 10  # per mode: 20 runs in all
-STEPS = [25, 50, 100]
+STEPS = [50, 100]
 MAX_KILLS_PER_RUN = 2
 
 
