@@ -65,15 +65,33 @@ def go_duration_nanos(text: str) -> int:
     return sign * int(total)
 
 
+_HAS_AT_MOST_ONE = re.compile(
+    r"\(has\(self\.(\w+)\) \? 1 : 0\) \+ \(has\(self\.(\w+)\) \? 1 : 0\) <= 1"
+)
+
+
+def _cel(rule: str, value: Any) -> bool:
+    """The CEL rules Istio's networking CRDs use; any other rule raises ``NotImplementedError``
+    so that a newer CRD cannot silently weaken the tests."""
+    if rule == _DURATION_RULE:
+        try:
+            return go_duration_nanos(str(value)) >= 10**6
+        except ValueError:
+            return False
+    if rule == 'self.all(key, !key.contains("*"))':
+        return all("*" not in key for key in value)
+    if rule == "self.all(key, key.size() != 0)":
+        return all(len(key) != 0 for key in value)
+    if rule == '!self.contains("*")':
+        return "*" not in value
+    if match := _HAS_AT_MOST_ONE.fullmatch(rule):
+        return sum(field in value for field in match.groups()) <= 1
+    raise NotImplementedError(f"CEL rule not implemented by the test helper: {rule}")
+
+
 def _x_validations(validator: Any, rules: Any, instance: Any, schema: Any) -> Iterator[Any]:
     for rule in rules:
-        if rule.get("rule") != _DURATION_RULE:
-            raise NotImplementedError(f"CEL rule not implemented by the test helper: {rule}")
-        try:
-            ok = go_duration_nanos(str(instance)) >= 10**6
-        except ValueError:
-            ok = False
-        if not ok:
+        if not _cel(rule["rule"], instance):
             yield jsonschema.ValidationError(f"{instance!r}: {rule.get('message', rule['rule'])}")
 
 
@@ -94,25 +112,34 @@ def _nullable(schema: Any) -> Any:
 
 
 @functools.cache
-def _schemas() -> dict[str, dict[str, Any]]:
+def _schemas() -> dict[tuple[str, str], dict[str, Any]]:
+    """(plural, version) -> openAPIV3Schema of every networking.istio.io CRD."""
     if not CRD_FILE.is_file():
         raise FileNotFoundError(f"Istio CRDs not found at {CRD_FILE} (see the shared/istio README)")
+    found = {}
     with CRD_FILE.open() as fh:
         for doc in yaml.load_all(fh, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)):
-            if doc and doc["metadata"]["name"] == "virtualservices.networking.istio.io":
-                return {
-                    v["name"]: _nullable(v["schema"]["openAPIV3Schema"])
-                    for v in doc["spec"]["versions"]
-                }
-    raise LookupError(f"no VirtualService CRD in {CRD_FILE}")
+            if doc and doc["spec"]["group"] == "networking.istio.io":
+                for v in doc["spec"]["versions"]:
+                    key = (doc["spec"]["names"]["plural"], v["name"])
+                    found[key] = _nullable(v["schema"]["openAPIV3Schema"])
+    if not any(plural == "virtualservices" for plural, _ in found):
+        raise LookupError(f"no VirtualService CRD in {CRD_FILE}")
+    return found
+
+
+def crd_schema(plural: str, version: str) -> dict[str, Any]:
+    """A copy of the ``openAPIV3Schema`` of ``plural.networking.istio.io/version``."""
+    schemas = _schemas()
+    if (plural, version) not in schemas:
+        known = sorted(v for p, v in schemas if p == plural)
+        raise ValueError(f"unknown {plural} version {version!r} (known: {known})")
+    return copy.deepcopy(schemas[(plural, version)])
 
 
 def schema(version: str = "v1") -> dict[str, Any]:
     """A copy of the VirtualService ``openAPIV3Schema`` of ``version``."""
-    schemas = _schemas()
-    if version not in schemas:
-        raise ValueError(f"unknown VirtualService version {version!r} (known: {sorted(schemas)})")
-    return copy.deepcopy(schemas[version])
+    return crd_schema("virtualservices", version)
 
 
 def _unknown(obj: Any, node: Mapping[str, Any], path: str) -> Iterator[str]:
@@ -151,11 +178,11 @@ def _metadata_errors(meta: Any) -> Iterator[str]:
                 yield f"metadata.{field}[{key!r}]: not a qualified name"
 
 
-def virtual_service_errors(
-    obj: Mapping[str, Any], version: str = "v1", *, strict: bool = True
+def istio_errors(
+    obj: Mapping[str, Any], plural: str, version: str, *, strict: bool = True
 ) -> list[str]:
-    """Everything the API server would reject in ``obj`` (and prune, when ``strict``)."""
-    root = schema(version)
+    """Everything the API server would reject in an Istio object (and prune, when ``strict``)."""
+    root = crd_schema(plural, version)
     body = {k: v for k, v in obj.items() if k not in ("apiVersion", "kind", "metadata")}
     errors = [
         f"{'/'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}"
@@ -167,6 +194,13 @@ def virtual_service_errors(
             f"{p}: unknown field (pruned by the API server)" for p in _unknown(body, root, "")
         ]
     return errors
+
+
+def virtual_service_errors(
+    obj: Mapping[str, Any], version: str = "v1", *, strict: bool = True
+) -> list[str]:
+    """Everything the API server would reject in a VirtualService (and prune, when ``strict``)."""
+    return istio_errors(obj, "virtualservices", version, strict=strict)
 
 
 def validate_virtual_service(

@@ -21,15 +21,12 @@ wildcards), the policy ConfigMap parses, and the containers run as non-root on a
 from __future__ import annotations
 
 import copy
-import functools
-import re
 import socket
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import jsonschema
 import kubernetes_validate
 import pytest
 import typer.main
@@ -38,7 +35,8 @@ import yaml
 from canaryctl.cli import app
 from canaryctl.kube import KubeClient
 from canaryctl.policy import load_policy, parse_duration, parse_policy_text
-from tests.istio_schema import go_duration_nanos, validate_virtual_service
+from tests import istio_schema
+from tests.istio_schema import validate_virtual_service
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples"
@@ -129,107 +127,16 @@ def _one(folder: str, kind: str, name: str | None = None) -> dict[str, Any]:
     return found[0]
 
 
-# --- Istio CRD schemas (DestinationRule, Gateway; VirtualService: tests/istio_schema.py) --------
-_HAS_AT_MOST_ONE = re.compile(
-    r"\(has\(self\.(\w+)\) \? 1 : 0\) \+ \(has\(self\.(\w+)\) \? 1 : 0\) <= 1"
-)
-
-
-def _cel(rule: str, value: Any) -> bool:
-    """The CEL rules of Istio's DestinationRule and Gateway CRDs; any other rule is an error so
-    that a newer CRD cannot silently weaken the check."""
-    if rule == "duration(self) >= duration('1ms')":
-        try:
-            return go_duration_nanos(str(value)) >= 10**6
-        except ValueError:
-            return False
-    if rule == 'self.all(key, !key.contains("*"))':
-        return all("*" not in key for key in value)
-    if rule == "self.all(key, key.size() != 0)":
-        return all(len(key) != 0 for key in value)
-    if rule == '!self.contains("*")':
-        return "*" not in value
-    if match := _HAS_AT_MOST_ONE.fullmatch(rule):
-        return sum(field in value for field in match.groups()) <= 1
-    raise NotImplementedError(f"CEL rule not implemented by this test: {rule}")
-
-
-def _x_validations(validator: Any, rules: Any, instance: Any, schema: Any) -> Iterator[Any]:
-    for rule in rules:
-        if not _cel(rule["rule"], instance):
-            yield jsonschema.ValidationError(f"{instance!r}: {rule.get('message', rule['rule'])}")
-
-
-_CrdValidator = jsonschema.validators.extend(
-    jsonschema.Draft4Validator, {"x-kubernetes-validations": _x_validations}
-)
-
-
-def _nullable(node: Any) -> Any:
-    """``nullable: true`` means null is accepted too (as the API server treats it)."""
-    if isinstance(node, dict):
-        node = {k: _nullable(v) for k, v in node.items()}
-        if node.get("nullable") and isinstance(node.get("type"), str):
-            node["type"] = [node["type"], "null"]
-        return node
-    if isinstance(node, list):
-        return [_nullable(v) for v in node]
-    return node
-
-
-@functools.cache
-def _istio_schemas() -> dict[tuple[str, str], dict[str, Any]]:
-    """(plural, version) -> openAPIV3Schema, from Istio's CRDs."""
-    if not ISTIO_CRDS.is_file():
-        raise FileNotFoundError(f"Istio CRDs not found at {ISTIO_CRDS} (see shared/istio/README)")
-    found = {}
-    with ISTIO_CRDS.open() as fh:
-        for crd in yaml.load_all(fh, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)):
-            if crd and crd["spec"]["group"] == ISTIO_GROUP:
-                for version in crd["spec"]["versions"]:
-                    key = (crd["spec"]["names"]["plural"], version["name"])
-                    found[key] = _nullable(version["schema"]["openAPIV3Schema"])
-    return found
-
-
-def _pruned(obj: Any, node: Mapping[str, Any], path: str) -> Iterator[str]:
-    """Fields the API server would drop (or reject with kubectl's strict field validation)."""
-    if node.get("x-kubernetes-preserve-unknown-fields"):
-        return
-    if isinstance(obj, dict) and node.get("type") == "object":
-        props, extra = node.get("properties") or {}, node.get("additionalProperties")
-        for key, value in obj.items():
-            sub = props.get(key) or (extra if isinstance(extra, dict) else None)
-            if sub is None:
-                yield f"{path}/{key}"
-            else:
-                yield from _pruned(value, sub, f"{path}/{key}")
-    elif isinstance(obj, list) and isinstance(node.get("items"), dict):
-        for index, value in enumerate(obj):
-            yield from _pruned(value, node["items"], f"{path}/{index}")
-
-
+# --- Istio objects: checked like the API server would, from Istio's CRDs ---------------------
 def istio_errors(doc: Mapping[str, Any]) -> list[str]:
     """What the API server would reject (or prune) in an Istio object, from its CRD."""
     group, _, version = doc["apiVersion"].partition("/")
     assert group == ISTIO_GROUP, doc["apiVersion"]
     plural = ISTIO_PLURALS.get(doc["kind"])
     assert plural, f"no Istio CRD check for kind {doc['kind']}"
-    schema = _istio_schemas().get((plural, version))
-    assert schema is not None, f"Istio's CRDs do not serve {plural}.{group}/{version}"
     meta = doc.get("metadata") or {}
     errors = [f"metadata.{f}: required" for f in ("name", "namespace") if not meta.get(f)]
-    for field in ("labels", "annotations"):
-        for key, value in (meta.get(field) or {}).items():
-            if not isinstance(value, str):
-                errors.append(f"metadata.{field}[{key!r}]: not a string: {value!r}")
-    body = {k: v for k, v in doc.items() if k not in ("apiVersion", "kind", "metadata")}
-    errors += [
-        f"{'/'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}"
-        for e in _CrdValidator(copy.deepcopy(schema)).iter_errors(body)
-    ]
-    errors += [f"{p}: unknown field" for p in _pruned(body, schema, "")]
-    return errors
+    return errors + istio_schema.istio_errors(doc, plural, version)
 
 
 # --- fixtures --------------------------------------------------------------------------------
