@@ -137,6 +137,16 @@ class World:
         proc.kill()
         proc.wait()
 
+    def distinct_weights(self) -> list[int]:
+        """``written_weights`` with repeats collapsed: an inconclusive analysis (possible on a
+        loaded machine: a window a scrape short of minRequests) holds the weight and rewrites it;
+        the order of the weights is what must not change."""
+        out: list[int] = []
+        for w in self.written_weights():
+            if not out or out[-1] != w:
+                out.append(w)
+        return out
+
     def cluster_writes(self) -> list[Any]:
         return [w for w in self.sb.emulator.writes if w.status < 400]
 
