@@ -118,6 +118,7 @@ class PrometheusProvider:
         self.timeout = parse_duration(spec.timeout)
         self.retry_seconds = parse_duration(spec.retryBudget)
         self.session = session or requests.Session()
+        self._answers: dict[tuple[str, float], tuple[float | None, str | None]] = {}
         self.session.headers.update(spec.headers)
         # passed with every request: a session-level setting loses to REQUESTS_CA_BUNDLE
         self.verify: bool | str = (
@@ -227,7 +228,17 @@ class PrometheusProvider:
         return data
 
     def scalar(self, promql: str, *, at: float | None = None) -> tuple[float | None, str | None]:
-        """One number, or (None, why) for an empty answer or several series."""
+        """One number, or (None, why) for an empty answer or several series. Answers at a fixed
+        evaluation time are remembered: every metric of one analysis needs the same request
+        count, which is asked once."""
+        if at is not None and (promql, at) in self._answers:
+            return self._answers[(promql, at)]
+        answer = self._scalar(promql, at)
+        if at is not None:
+            self._answers[(promql, at)] = answer
+        return answer
+
+    def _scalar(self, promql: str, at: float | None) -> tuple[float | None, str | None]:
         samples = self.query(promql, at=at)
         if not samples:
             return None, "no data"
