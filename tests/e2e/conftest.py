@@ -3,6 +3,7 @@ a runner for ``canaryctl`` as a real subprocess."""
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import subprocess
@@ -15,26 +16,19 @@ from typing import Any
 import pytest
 import yaml
 
+from canaryctl.demo import DEMO_POLICY
 from canaryctl.rollout import ANNOTATION
 from canaryctl.sandbox.world import Sandbox
 
-FAST_POLICY: dict[str, Any] = {
-    "apiVersion": "canaryctl.io/v1alpha1",
-    "kind": "AnalysisPolicy",
-    "metadata": {"name": "e2e"},
-    "spec": {
-        "steps": [20, 40, 60, 80, 100],
-        "interval": "3s",
-        "failureLimit": 0,
-        "minRequests": 10,
-        "inconclusiveLimit": 2,
-        "prometheus": {"timeout": "2s", "retryBudget": "3s"},
-        "metrics": [
-            {"name": "request-success-rate", "min": 99},
-            {"name": "request-duration", "max": 500},
-        ],
-    },
-}
+# The demo's policy, faster still (3 s steps), so a whole rollout fits an e2e test.
+FAST_POLICY: dict[str, Any] = copy.deepcopy(DEMO_POLICY)
+FAST_POLICY["metadata"]["name"] = "e2e"
+FAST_POLICY["spec"].update(
+    interval="3s",
+    minRequests=10,
+    inconclusiveLimit=2,
+    prometheus={"timeout": "2s", "retryBudget": "3s"},
+)
 
 
 @dataclass
