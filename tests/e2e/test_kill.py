@@ -57,6 +57,23 @@ def _check_consistent(world: World) -> dict[str, object] | None:
     return state
 
 
+def _kill_while_working(world: World, proc: subprocess.Popen[str], delay: float) -> bool:
+    """SIGKILL ``delay`` seconds after the process took the rollout's lease, i.e. inside the
+    part of a reconcile pass that analyses and writes; False when it ended first (a pass with
+    nothing due never takes the lease).
+
+    A reconcile pass is short (~2 s, nearly all interpreter start-up; ~0.4 s from the lease to
+    exit on an idle machine), so a moment drawn from the start of the process would mostly land
+    before the work or after the exit, and the number of kills would depend on the machine's
+    speed."""
+    seen = len(world.sb.emulator.writes)
+    while proc.poll() is None:
+        if any("/leases" in w.path and w.status < 300 for w in world.sb.emulator.writes[seen:]):
+            return _kill_at(proc, delay)
+        time.sleep(0.01)
+    return False
+
+
 def _kill_at(proc: subprocess.Popen[str], delay: float) -> bool:
     """SIGKILL after ``delay`` seconds unless it ended; True when it was killed."""
     try:
@@ -94,7 +111,9 @@ def test_sigkill_at_random_moments_loses_nothing(
                 proc = world.popen(
                     "promote", "rest-apl", "-n", "istio-apl", "--policy", policy, quiet=True
                 )
-            if run_kills < MAX_KILLS_PER_RUN:
+            if run_kills < MAX_KILLS_PER_RUN and mode == "reconcile":
+                killed = _kill_while_working(world, proc, rng.uniform(0.0, 0.4))
+            elif run_kills < MAX_KILLS_PER_RUN:
                 killed = _kill_at(proc, rng.uniform(0.5, 5.0))
             else:
                 proc.wait(timeout=120)
