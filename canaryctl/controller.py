@@ -5,7 +5,11 @@ annotation, guarded by the resourceVersion just read. On 409 it re-reads; if the
 rollout state is still the one this decision was made from (someone edited another field),
 the patch is recomputed against the new object and retried, so their edit is kept; if the
 rollout state itself changed (another process or an operator acted), ``StateChangedError``
-hands the newer state back and this process adopts it instead of overwriting it.
+hands the newer state back and this process adopts it instead of overwriting it. A write the
+API server carried out but whose answer was lost (a 504 after etcd committed, a dropped
+connection) is retried, refused with 409 because the resourceVersion moved, and recognised on
+the re-read: the stored state is exactly the one being written, so the write counts as done
+and its events and notifications go out once.
 """
 
 from __future__ import annotations
@@ -141,6 +145,10 @@ class Controller:
                 else self.read_vs(state)
             )
             stored = read_state(vs)
+            if attempt and stored is not None and stored.to_json() == state.to_json():
+                log.info("write.recognised", vs=state.virtual_service, weight=state.weight)
+                self._announce(expect, state)
+                return vs
             if expect is None:
                 if stored is not None and stored.active:
                     raise StateChangedError(stored, vs)

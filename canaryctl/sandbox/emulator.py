@@ -56,6 +56,12 @@ class WriteRecord:
     status: int
     body: Any  # the decoded JSON body (None if absent or not JSON)
     dry_run: bool = False
+    applied: bool = False  # carried out although answered with an injected error
+
+    @property
+    def landed(self) -> bool:
+        """The write changed the store (whatever the client was told)."""
+        return self.status < 300 or self.applied
 
 
 @dataclass
@@ -66,6 +72,14 @@ class _Fault:
     remaining: int
     delay: float
     body: dict[str, Any] | None
+    applied: bool = False
+
+
+def _fault_answer(fault: _Fault) -> aiohttp.web.Response:
+    assert fault.status is not None
+    reason = _api.REASONS.get(fault.status, "InternalError")
+    error = ApiError(fault.status, reason, f"injected fault: {fault.status} {reason}")
+    return aiohttp.web.json_response(fault.body or error.status(), status=fault.status)
 
 
 @attrs.define(kw_only=True)
@@ -110,17 +124,23 @@ class StrictEmulator(kmock.KubernetesEmulator):
         times: int = 1,
         delay: float = 0.0,
         body: dict[str, Any] | None = None,
+        applied: bool = False,
     ) -> None:
         """Make the next ``times`` matching requests wait ``delay`` s, then fail with ``status``.
 
         ``method`` None matches any method; ``path_regex`` is searched in the URL path. With
         ``status`` None the request is only delayed, then served. ``body`` replaces the default
-        ``Status`` body (reason from the code, message "injected fault").
+        ``Status`` body (reason from the code, message "injected fault"). With ``applied`` the
+        request is carried out first and only its answer is the error: a real API server's
+        504 "request did not complete within the allotted timeout" after etcd has committed
+        the write, or a proxy losing the answer.
         """
         if times < 1:
             raise ValueError(f"times must be >= 1, got {times}")
         pattern = re.compile(path_regex)
-        fault = _Fault(method.upper() if method else None, pattern, status, times, delay, body)
+        fault = _Fault(
+            method.upper() if method else None, pattern, status, times, delay, body, applied
+        )
         with self._guard:
             self._faults.append(fault)
 
@@ -164,8 +184,9 @@ class StrictEmulator(kmock.KubernetesEmulator):
         except ValueError:
             data = None
         response: aiohttp.web.StreamResponse | None = None
+        applied = False
         try:
-            response = await self._serve(raw, method, content_type, bool(body), data)
+            response, applied = await self._serve(raw, method, content_type, bool(body), data)
             return response
         finally:
             if method in MUTATING_METHODS:
@@ -176,6 +197,7 @@ class StrictEmulator(kmock.KubernetesEmulator):
                     status=response.status if response is not None else 500,
                     body=data,
                     dry_run="dryRun" in raw.query,
+                    applied=applied,
                 )
                 with self._guard:
                     self._writes.append(record)
@@ -187,15 +209,32 @@ class StrictEmulator(kmock.KubernetesEmulator):
         content_type: str,
         has_body: bool,
         data: Any,
-    ) -> aiohttp.web.StreamResponse:
+    ) -> tuple[aiohttp.web.StreamResponse, bool]:
+        """The answer, and whether an injected fault replaced the answer of a request that
+        was nevertheless carried out."""
         fault = self._take_fault(method, raw.path)
+        if fault is not None and fault.applied:
+            served = await self._serve_unfaulted(raw, method, content_type, has_body, data)
+            if fault.delay:
+                await asyncio.sleep(fault.delay)
+            if fault.status is None:
+                return served, False
+            return _fault_answer(fault), served.status < 300
         if fault is not None:
             if fault.delay:
                 await asyncio.sleep(fault.delay)
             if fault.status is not None:
-                reason = _api.REASONS.get(fault.status, "InternalError")
-                error = ApiError(fault.status, reason, f"injected fault: {fault.status} {reason}")
-                return aiohttp.web.json_response(fault.body or error.status(), status=fault.status)
+                return _fault_answer(fault), False
+        return await self._serve_unfaulted(raw, method, content_type, has_body, data), False
+
+    async def _serve_unfaulted(
+        self,
+        raw: aiohttp.web.BaseRequest,
+        method: str,
+        content_type: str,
+        has_body: bool,
+        data: Any,
+    ) -> aiohttp.web.StreamResponse:
         if raw.path in ("/healthz", "/livez", "/readyz"):
             return aiohttp.web.Response(text="ok")
         target = _api.parse_resource_url(raw.path)
@@ -369,9 +408,10 @@ class EmulatorServer(LoopbackServer):
         times: int = 1,
         delay: float = 0.0,
         body: dict[str, Any] | None = None,
+        applied: bool = False,
     ) -> None:
         """See ``StrictEmulator.inject``."""
-        self.emulator.inject(method, path_regex, status, times, delay, body)
+        self.emulator.inject(method, path_regex, status, times, delay, body, applied)
 
     def clear_faults(self) -> None:
         """Drop every pending injected fault."""

@@ -112,7 +112,7 @@ class World:
         return [
             w
             for w in self.sb.emulator.writes
-            if "virtualservices" in w.path and w.method == "PATCH" and w.status < 300
+            if "virtualservices" in w.path and w.method == "PATCH" and w.landed
         ]
 
     def written_weights(self) -> list[int]:
@@ -142,7 +142,7 @@ class World:
         return out
 
     def cluster_writes(self) -> list[Any]:
-        return [w for w in self.sb.emulator.writes if w.status < 400]
+        return [w for w in self.sb.emulator.writes if w.status < 400 or w.applied]
 
 
 @pytest.fixture

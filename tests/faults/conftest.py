@@ -3,13 +3,14 @@ Prometheus fault proxy; and the collector that writes ``docs/reliability.md``.
 
 Starting a sandbox costs ~8 s (Prometheus's first scrapes), so each worker starts one
 (session scope) and every test gets it back in the seed state: the rest-apl manifests applied
-again (VirtualService at 80/20, no rollout annotation), no lease, no injected fault, RBAC open,
-both Deployments available, the default traffic profiles, and the proxy listening with nothing
-scripted. canaryctl runs as its own process against the emulator and the proxy in front of the
-real Prometheus: ``World.run`` forks it from a zygote that imported ``canaryctl.cli`` once
-(``forkcli.py``: the kubernetes client's import costs ~1.8 s of CPU per process, which would
-dominate the suite's time budget), and ``World.popen`` (signals) starts ``python -m canaryctl``.
-``FAULTS_REAL_SUBPROCESS=1`` makes ``World.run`` start ``python -m canaryctl`` too.
+again (VirtualService at 80/20, no rollout annotation), no lease, no Events, no injected fault,
+RBAC open, both Deployments available, the default traffic profiles, and the proxy listening
+with nothing scripted. canaryctl runs as its own process against the emulator and the proxy in
+front of the real Prometheus: ``World.run`` forks it from a zygote that imported
+``canaryctl.cli`` once (``forkcli.py``: the kubernetes client's import costs ~1.8 s of CPU per
+process, which would dominate the suite's time budget), and ``World.popen`` (signals) starts
+``python -m canaryctl``. ``FAULTS_REAL_SUBPROCESS=1`` makes ``World.run`` start ``python -m
+canaryctl`` too.
 
 The summary table: every test declares its case and expected outcome with the ``case`` fixture
 and records what it observed before asserting, so a failing case still shows what happened. The
@@ -311,6 +312,8 @@ def reset(sandbox: Sandbox, proxy: PrometheusFaultProxy) -> None:
         emu.set_deployment_available(NS, workload, True)
     emu.delete("coordination.k8s.io/v1", "Lease", NS, LEASE)
     emu.delete("v1", "ConfigMap", NS, "rest-apl-policy")
+    for event in emu.list("v1", "Event", NS):
+        emu.delete("v1", "Event", NS, event["metadata"]["name"])
     sandbox.traffic.resume()
     sandbox.traffic.set_profile(sandbox.stable_workload, STABLE_PROFILE)
     sandbox.traffic.set_profile(sandbox.canary_workload, STABLE_PROFILE)

@@ -130,6 +130,36 @@ def test_slow_or_timed_out_api_calls_are_waited_for_or_retried_and_rollout_promo
     _assert_promoted(world, res)
 
 
+@pytest.mark.parametrize("which", [2, 3], ids=["advance", "promote"])
+def test_write_applied_but_answered_504_is_recognised_as_ours(
+    world: FaultWorld, case: Case, which: int
+) -> None:
+    """The API server commits the rollout's ``which``-th write but answers 504 (a real API
+    server does so when its deadline passes after etcd committed; "the request may still be
+    processed"). The retry is refused with 409 (the resourceVersion moved: by us), the re-read
+    shows exactly the state canaryctl wrote, and it carries on as if the answer had arrived:
+    no step repeated or skipped, every decision announced once, promoted."""
+    step = {2: "the advance to 100 %", 3: "the promotion"}[which]
+    case(
+        f"API commits {step} but answers 504",
+        "own write recognised after the 409; exit 0, promoted, weights written 50,100,100, "
+        "one Kubernetes Event per decision",
+    )
+    world.when_written(
+        which - 1,
+        lambda: world.sb.emulator.inject("PATCH", VS_PATH, 504, times=1, applied=True),
+    )
+    res = world.run(*world.promote())
+    case.observed(world.observed(res) + f"; kube retries logged {_kube_retries(res.stderr)}")
+    assert _kube_retries(res.stderr) == 1, res.stderr[-3000:]
+    answered = [w.status for w in world.sb.emulator.writes if "virtualservices" in w.path]
+    assert answered == [200] * (which - 1) + [504, 409] + [200] * (3 - which), answered
+    _assert_promoted(world, res)
+    reasons = [e["reason"] for e in world.sb.emulator.list("v1", "Event", NS)]
+    assert reasons == ["RolloutStarted", "StepAdvanced", "Promoted"], reasons
+    assert not any(e.get("event") == "state.adopted" for e in log_events(res.stderr))
+
+
 def test_api_failing_longer_than_retry_budget_puts_traffic_back_on_stable_and_exits_3(
     world: FaultWorld, case: Case
 ) -> None:
