@@ -209,46 +209,35 @@ class StrictEmulator(kmock.KubernetesEmulator):
         content_type: str,
         has_body: bool,
         data: Any,
+        faults: bool = True,
     ) -> tuple[aiohttp.web.StreamResponse, bool]:
         """The answer, and whether an injected fault replaced the answer of a request that
-        was nevertheless carried out."""
-        fault = self._take_fault(method, raw.path)
-        if fault is not None and fault.applied:
-            served = await self._serve_unfaulted(raw, method, content_type, has_body, data)
-            if fault.delay:
-                await asyncio.sleep(fault.delay)
-            if fault.status is None:
-                return served, False
-            return _fault_answer(fault), served.status < 300
+        was nevertheless carried out. ``faults`` False: serve it as if none was injected."""
+        fault = self._take_fault(method, raw.path) if faults else None
         if fault is not None:
+            served = None
+            if fault.applied:
+                served, _ = await self._serve(raw, method, content_type, has_body, data, False)
             if fault.delay:
                 await asyncio.sleep(fault.delay)
             if fault.status is not None:
-                return _fault_answer(fault), False
-        return await self._serve_unfaulted(raw, method, content_type, has_body, data), False
-
-    async def _serve_unfaulted(
-        self,
-        raw: aiohttp.web.BaseRequest,
-        method: str,
-        content_type: str,
-        has_body: bool,
-        data: Any,
-    ) -> aiohttp.web.StreamResponse:
+                return _fault_answer(fault), served is not None and served.status < 300
+            if served is not None:
+                return served, False
         if raw.path in ("/healthz", "/livez", "/readyz"):
-            return aiohttp.web.Response(text="ok")
+            return aiohttp.web.Response(text="ok"), False
         target = _api.parse_resource_url(raw.path)
         if target is None and method == "GET":  # discovery (/api, /apis/..., /version): kmock's
-            return await super().__call__(raw)
+            return await super().__call__(raw), False
         if target is None:  # kmock would treat a write here as one to its own (unused) store
-            return aiohttp.web.json_response(_NOT_FOUND.status(), status=404)
+            return aiohttp.web.json_response(_NOT_FOUND.status(), status=404), False
         try:
             if has_body and data is None:
                 raise ApiError(400, "BadRequest", "the request body is not valid JSON")
             payload, code = self._dispatch(method, target, dict(raw.query), content_type, data)
         except ApiError as exc:
             payload, code = exc.status(), exc.code
-        return aiohttp.web.json_response(payload, status=code)
+        return aiohttp.web.json_response(payload, status=code), False
 
     def _take_fault(self, method: str, path: str) -> _Fault | None:
         with self._guard:
