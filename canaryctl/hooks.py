@@ -28,6 +28,12 @@ the controller. Connection errors, timeouts and 5xx are retried (backoff 0.2 s d
 (``user:pass@`` is sent as basic auth; Slack puts tokens in the path): logs show only
 ``scheme://host:port``, errors only the exception class and OS reason (requests quotes the
 URL path in its messages), and headers are never logged.
+
+Where the URL comes from: ``url`` (kept in the policy, hence in the policy snapshot stored with
+the rollout on the VirtualService, readable by anyone who can read it) or ``urlFile``, a file
+(in a pod: a mounted Secret) read at every call, so the URL is never stored in the cluster
+state and a rotated Secret is picked up. A ``urlFile`` that cannot be read is a failed call
+(never an approval); ``promote`` checks every ``urlFile`` before the first write (exit 2).
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal, get_args
 from urllib.parse import urlsplit
 
@@ -99,6 +106,66 @@ def check_url(v: str) -> str:
     return v
 
 
+def _check_optional_url(v: str | None) -> str | None:
+    return None if v is None else check_url(v)
+
+
+class UrlFileError(ValueError):
+    """A ``urlFile`` could not be read or does not hold a URL (the message never quotes it)."""
+
+
+def read_url_file(path: str) -> str:
+    """The URL kept in ``path``, whitespace stripped and checked like ``url``."""
+    try:
+        text = Path(path).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        why = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise UrlFileError(f"cannot read {path}: {why}") from None
+    try:
+        return check_url(text)
+    except ValueError:
+        raise UrlFileError(f"{path} does not hold an http(s) URL") from None
+
+
+class UrlSource(BaseModel):
+    """Where a webhook or notification is sent: exactly one of ``url`` and ``urlFile``."""
+
+    model_config = ConfigDict(
+        **SPEC_CONFIG,
+        json_schema_extra={"oneOf": [{"required": ["url"]}, {"required": ["urlFile"]}]},
+    )
+
+    url: str | None = Field(
+        default=None,
+        description="http(s) URL to POST to; stored with the rollout (use urlFile for secrets)",
+    )
+    urlFile: str | None = Field(
+        default=None,
+        min_length=1,
+        description="File holding the URL (e.g. a mounted Secret), read at every call; the "
+        "URL is then never stored in the cluster",
+    )
+
+    _url = field_validator("url")(_check_optional_url)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> UrlSource:
+        if (self.url is None) == (self.urlFile is None):
+            raise ValueError("set exactly one of url and urlFile")
+        return self
+
+    def target_url(self) -> str:
+        """The URL to POST to (``urlFile`` read now). Raises ``UrlFileError``."""
+        if self.url is not None:
+            return self.url
+        assert self.urlFile is not None
+        return read_url_file(self.urlFile)
+
+    def where(self) -> str:
+        """What logs may say about the destination, without reading any file."""
+        return endpoint(self.url) if self.url is not None else f"file:{self.urlFile}"
+
+
 def check_duration(v: str | None) -> str | None:
     if v is not None and seconds(v) <= 0:
         raise ValueError(f"must be positive, got {v!r}")
@@ -113,17 +180,14 @@ def unique_names(items: list[Any]) -> list[Any]:
     return items
 
 
-class WebhookSpec(BaseModel):
+class WebhookSpec(UrlSource):
     """One webhook of the policy (``spec.webhooks[]``)."""
-
-    model_config = SPEC_CONFIG
 
     name: str = Field(description="DNS-1123 label, unique among the webhooks; shown in logs")
     type: HookType = Field(
         description="pre-rollout / rollout: checks; confirm-step / confirm-promotion: gates; "
         "rollback: a 2xx answer rolls back; post-rollout: told the outcome"
     )
-    url: str = Field(description="http(s) URL the JSON payload is POSTed to")
     timeout: Duration = Field(default="10s", description="Timeout of one attempt")
     retries: int = Field(default=2, ge=0, le=10, description="Extra attempts on errors and 5xx")
     maxWait: Duration | None = Field(
@@ -134,7 +198,6 @@ class WebhookSpec(BaseModel):
     metadata: dict[str, str] = Field(default_factory=dict, description="Sent in the payload")
 
     _name = field_validator("name")(check_name)
-    _url = field_validator("url")(check_url)
     _durations = field_validator("timeout", "maxWait")(check_duration)
 
     @model_validator(mode="after")
@@ -300,9 +363,16 @@ def post_json(
 
 def call(hook: WebhookSpec, payload: Any, *, session: Session | None = None) -> HookResult:
     """Call one webhook and log the answer. Never raises; a failure is never approval."""
-    label = {"name": hook.name, "type": hook.type, "endpoint": endpoint(hook.url)}
+    label = {"name": hook.name, "type": hook.type, "endpoint": hook.where()}
+    try:
+        url = hook.target_url()
+    except UrlFileError as exc:
+        r = HookResult(False, None, f"urlFile: {exc}", 0, hook.name)
+        log.warning("webhook", **label, status=None, ok=False, attempts=0, error=r.error)
+        return r
+    label["endpoint"] = endpoint(url)
     timeout, retries = seconds(hook.timeout), hook.retries
-    r = post_json(hook.url, payload, timeout=timeout, retries=retries, session=session, **label)
+    r = post_json(url, payload, timeout=timeout, retries=retries, session=session, **label)
     log.info("webhook", **label, status=r.status, ok=r.ok, attempts=r.attempts, error=r.error)
     return r
 

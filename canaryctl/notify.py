@@ -31,14 +31,14 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal, get_args
 
 import requests
 import structlog
-from pydantic import AfterValidator, BaseModel, Field, field_validator
+from pydantic import AfterValidator, Field, field_validator
 
 from canaryctl.hooks import (
-    SPEC_CONFIG,
     Duration,
+    UrlFileError,
+    UrlSource,
     check_duration,
     check_name,
-    check_url,
     describe,
     dest,
     endpoint,
@@ -71,17 +71,12 @@ def _default_events() -> list[Event]:
     return ["start", "pause", "resume", "rollback", "promotion", "failure"]
 
 
-class NotifySpec(BaseModel):
+class NotifySpec(UrlSource):
     """One notification target of the policy (``spec.notify[]``)."""
-
-    model_config = SPEC_CONFIG
 
     name: str = Field(description="DNS-1123 label, unique among the targets; shown in logs")
     type: Literal["slack", "teams", "webhook"] = Field(
         description="slack: incoming webhook; teams: MessageCard; webhook: plain JSON"
-    )
-    url: str = Field(
-        description="http(s) URL messages are POSTed to (a secret: keep it out of git)"
     )
     timeout: Duration = Field(default="5s", description="Timeout of one attempt")
     retries: int = Field(default=2, ge=0, le=10, description="Extra attempts on errors and 5xx")
@@ -92,7 +87,6 @@ class NotifySpec(BaseModel):
     )
 
     _name = field_validator("name")(check_name)
-    _url = field_validator("url")(check_url)
     _timeout = field_validator("timeout")(check_duration)
 
     @field_validator("events")
@@ -278,11 +272,17 @@ class Notifier:
                     self._cond.notify_all()
 
     def _deliver(self, spec: NotifySpec, event: Event, body: dict[str, Any]) -> None:
-        label = {"name": spec.name, "type": spec.type, "endpoint": endpoint(spec.url)}
+        label = {"name": spec.name, "type": spec.type, "endpoint": spec.where()}
+        try:
+            url = spec.target_url()
+        except UrlFileError as exc:
+            log.warning(
+                "notify", **label, notify_event=event, ok=False, status=None, error=str(exc)
+            )
+            return
+        label["endpoint"] = endpoint(url)
         timeout, retries = seconds(spec.timeout), spec.retries
-        r = post_json(
-            spec.url, body, timeout=timeout, retries=retries, session=self._session, **label
-        )
+        r = post_json(url, body, timeout=timeout, retries=retries, session=self._session, **label)
         report = log.info if r.ok else log.warning
         report("notify", **label, notify_event=event, ok=r.ok, status=r.status, error=r.error)
 

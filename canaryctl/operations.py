@@ -18,11 +18,13 @@ from canaryctl.errors import (
     EXIT_INFRA,
     EXIT_OK,
     EXIT_ROLLED_BACK,
+    PolicyError,
     PreflightError,
     RolloutStateError,
     TargetNotFoundError,
     UsageError,
 )
+from canaryctl.hooks import UrlFileError, UrlSource
 from canaryctl.mesh.routes import apply_patch, weight_patch, weights_of
 from canaryctl.metrics._base import QueryContext
 from canaryctl.policy import AnalysisPolicy
@@ -132,6 +134,7 @@ def promote(
     if force:
         raise RolloutStateError(f"--force: no rollout of {app} in progress in {namespace}")
 
+    _check_url_files(policy)
     target, vs = ctl.router.find(app=app, namespace=namespace, vs_name=vs_name, canary=canary)
     workloads = ctl.router.preflight(target)
     spec = policy.spec
@@ -290,6 +293,21 @@ def _operate(
         ctl.event(vs, reason, f"{new.reason} (canary {new.weight}%)", warning=warning)
         return new
     raise RolloutStateError("the rollout kept changing; try again")
+
+
+def _check_url_files(policy: AnalysisPolicy) -> None:
+    """Every ``urlFile`` of the policy holds a URL now (exit 2 before anything is written).
+    Not ``policy validate``'s job: the files exist where the rollout runs, not where the
+    policy is written."""
+    sources: list[tuple[str, int, UrlSource]]
+    sources = [("webhooks", i, h) for i, h in enumerate(policy.spec.webhooks)]
+    sources += [("notify", i, n) for i, n in enumerate(policy.spec.notify)]
+    for where, i, source in sources:
+        if source.urlFile is not None:
+            try:
+                source.target_url()
+            except UrlFileError as exc:
+                raise PolicyError(f"spec.{where}[{i}].urlFile: {exc}") from None
 
 
 def _rebase(state: RolloutState, new: RolloutState) -> RolloutState:

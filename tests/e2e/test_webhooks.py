@@ -53,12 +53,17 @@ def test_every_hook_type_in_a_promoted_rollout(world: World, hooks: RecordingSer
     on the gate (phase Waiting) without burning its failure budget, then promotes."""
     hooks.script("/gate", [403, 403, 403, 200])
     hooks.script("/stop", [404])  # "no, do not stop"
+    gate_url, slack_url = world.tmp / "gate-url", world.tmp / "slack-url"  # mounted Secrets
+    gate_url.write_text(hooks.url("/gate") + "\n")
+    slack_url.write_text(hooks.url("/slack"))
+    gate = _hook(hooks, "gate", "confirm-step")
+    del gate["url"]
     policy = world.policy(
         interval="2s",
         webhooks=[
             _hook(hooks, "smoke", "pre-rollout"),
             _hook(hooks, "load", "rollout"),
-            _hook(hooks, "gate", "confirm-step"),
+            {**gate, "urlFile": str(gate_url)},
             _hook(hooks, "approve", "confirm-promotion"),
             _hook(hooks, "stop", "rollback"),
             _hook(hooks, "done", "post-rollout"),
@@ -67,7 +72,7 @@ def test_every_hook_type_in_a_promoted_rollout(world: World, hooks: RecordingSer
             {
                 "name": "chat",
                 "type": "slack",
-                "url": hooks.url("/slack"),
+                "urlFile": str(slack_url),
                 "events": ["start", "step", "promotion"],
             }
         ],
@@ -103,6 +108,9 @@ def test_every_hook_type_in_a_promoted_rollout(world: World, hooks: RecordingSer
     assert "promot" in texts[-1].lower()
     events = [e["reason"] for e in world.sb.emulator.list("v1", "Event", "istio-apl")]
     assert "AwaitingApproval" in events
+    stored = world.vs()["metadata"]["annotations"]["canaryctl.io/rollout"]
+    assert str(gate_url) in stored and "/gate" not in stored.replace(str(gate_url), "")
+    assert "/slack" not in stored.replace(str(slack_url), "")  # the URLs stayed in the files
 
 
 def test_rollback_webhook_stops_the_rollout_within_one_poll(
@@ -127,7 +135,16 @@ def test_rollback_webhook_stops_the_rollout_within_one_poll(
 
 
 def test_failing_pre_rollout_hook_shifts_nothing(world: World, hooks: RecordingServer) -> None:
-    """A pre-rollout smoke test answering 500: exit 2, zero cluster writes."""
+    """A notification urlFile that is not there, then a pre-rollout smoke test answering 500:
+    exit 2 each time, one line naming the cause, zero cluster writes."""
+    missing = world.tmp / "no-such-secret"
+    policy = world.policy(notify=[{"name": "chat", "type": "slack", "urlFile": str(missing)}])
+    res = world.run("promote", "rest-apl", "-n", "istio-apl", "--policy", str(policy))
+    assert res.code == 2, res.stderr
+    assert res.stderr.strip().splitlines()[-1] == (
+        f"error: spec.notify[0].urlFile: cannot read {missing}: No such file or directory"
+    )
+    assert world.cluster_writes() == []
     hooks.script("/smoke", [500])
     policy = world.policy(webhooks=[_hook(hooks, "smoke", "pre-rollout")])
     res = world.run("promote", "rest-apl", "-n", "istio-apl", "--policy", str(policy))

@@ -13,6 +13,7 @@ import socket
 import time
 from collections.abc import Iterator
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import jsonschema
@@ -446,3 +447,64 @@ def test_url_credentials_never_reach_logs(
     with pytest.raises(ValidationError) as exc:
         WebhookSpec(name="h", type="rollout", url="gopher://user:secret@x/")
     assert "secret" not in exc.value.errors()[0]["msg"]
+
+
+# --- urlFile: the URL kept out of the cluster -----------------------------------------------
+def test_url_file_is_read_at_every_call_so_rotation_works(
+    server: RecordingServer, state: RolloutState, tmp_path: Path
+) -> None:
+    server.script("/old", [200])
+    server.script("/new", [200])
+    secret = tmp_path / "url"
+    secret.write_text(server.url("/old") + "\n")  # as a Secret's value often ends
+    h = WebhookSpec(name="h", type="rollout", urlFile=str(secret))
+    assert call(h, build_payload(h, state)).ok
+    secret.write_text(server.url("/new"))
+    with capture_logs() as logs:
+        assert call(h, build_payload(h, state)).ok
+    assert [len(server.requests(p)) for p in ("/old", "/new")] == [1, 1]
+    mine = [e for e in logs if e.get("name") == "h"]
+    assert [e["endpoint"] for e in mine] == [f"http://127.0.0.1:{server.port}"]
+    assert "url" not in h.model_dump(exclude_none=True)  # the snapshot holds only the path
+
+
+@pytest.mark.parametrize(
+    ("content", "error"),
+    [
+        (None, "cannot read {path}: No such file or directory"),
+        ("token-abc123", "{path} does not hold an http(s) URL"),
+        (b"\xff\xfe", "cannot read {path}: not UTF-8 text"),
+    ],
+)
+def test_unreadable_url_file_is_a_failed_call_never_an_approval(
+    state: RolloutState, tmp_path: Path, content: str | bytes | None, error: str
+) -> None:
+    path = tmp_path / "url"
+    if isinstance(content, str):
+        path.write_text(content)
+    elif content is not None:
+        path.write_bytes(content)
+    gate = WebhookSpec(name="file-gate", type="confirm-step", urlFile=str(path))
+    with capture_logs() as logs:
+        r = call(gate, build_payload(gate, state))
+        notifier = Notifier([NotifySpec(name="file-chat", type="slack", urlFile=str(path))])
+        notifier.send("start", state, message="x")
+        assert notifier.flush(5)
+    assert (r.ok, r.status, r.attempts) == (False, None, 0)
+    assert r.error == "urlFile: " + error.format(path=path)
+    mine = [e for e in logs if e.get("name") in ("file-gate", "file-chat")]
+    assert [e["endpoint"] for e in mine] == [f"file:{path}"] * 2
+    assert "abc123" not in repr(logs)
+    runner = HookRunner([gate], clock=Clock())
+    assert runner.gate("confirm-step", state).open is False
+
+
+@pytest.mark.parametrize(
+    "data",
+    [{}, {"url": "http://x/", "urlFile": "/run/url"}, {"urlFile": ""}, {"url": None}],
+    ids=["neither", "both", "empty-file", "null-url"],
+)
+def test_exactly_one_of_url_and_url_file(data: dict[str, Any]) -> None:
+    for model, kind in ((WebhookSpec, "rollout"), (NotifySpec, "slack")):
+        with pytest.raises(ValidationError, match=r"exactly one of url and urlFile|at least 1"):
+            model.model_validate({"name": "h", "type": kind, **data})
