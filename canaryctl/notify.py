@@ -276,9 +276,8 @@ class Notifier:
         try:
             url = spec.target_url()
         except UrlFileError as exc:
-            log.warning(
-                "notify", **label, notify_event=event, ok=False, status=None, error=str(exc)
-            )
+            error = f"urlFile: {exc}"  # as a webhook's HookResult says it
+            log.warning("notify", **label, notify_event=event, ok=False, status=None, error=error)
             return
         label["endpoint"] = endpoint(url)
         timeout, retries = seconds(spec.timeout), spec.retries

@@ -268,6 +268,29 @@ def test_injected_faults_fail_the_next_matching_requests_then_stop(
     assert [w.status for w in emulator.writes] == [503, 503, 200]
 
 
+def test_applied_fault_carries_the_write_out_and_only_the_answer_fails(
+    kube_api: ApiClient, emulator: EmulatorServer
+) -> None:
+    """What a real API server does when its deadline passes after etcd committed: the
+    client sees a 504, the object has changed, and a retry guarded by the old
+    resourceVersion is a 409."""
+    rv = get_vs(kube_api)["metadata"]["resourceVersion"]
+    emulator.inject("PATCH", r"/virtualservices/rest-apl-vs$", 504, applied=True)
+    with pytest.raises(ApiException) as exc:
+        patch_vs(kube_api, weights_patch(rv, 60, 40))
+    assert exc.value.status == 504 and status_of(exc)["reason"] == "Timeout"
+    after = get_vs(kube_api)
+    assert [d["weight"] for d in after["spec"]["http"][0]["route"]] == [60, 40]
+    assert after["metadata"]["resourceVersion"] != rv
+    with pytest.raises(ApiException) as retry:
+        patch_vs(kube_api, weights_patch(rv, 60, 40))
+    assert retry.value.status == 409
+    assert [(w.status, w.applied, w.landed) for w in emulator.writes] == [
+        (504, True, True),
+        (409, False, False),
+    ]
+
+
 def test_injected_delay_slows_the_request_down(
     kube_api: ApiClient, emulator: EmulatorServer
 ) -> None:

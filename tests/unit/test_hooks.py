@@ -494,6 +494,7 @@ def test_unreadable_url_file_is_a_failed_call_never_an_approval(
     assert r.error == "urlFile: " + error.format(path=path)
     mine = [e for e in logs if e.get("name") in ("file-gate", "file-chat")]
     assert [e["endpoint"] for e in mine] == [f"file:{path}"] * 2
+    assert [e["error"] for e in mine] == ["urlFile: " + error.format(path=path)] * 2
     assert "abc123" not in repr(logs)
     runner = HookRunner([gate], clock=Clock())
     assert runner.gate("confirm-step", state).open is False
