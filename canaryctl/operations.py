@@ -256,15 +256,7 @@ def _run(ctl: Controller, state: RolloutState, app: str, *, attach: bool) -> Res
     try:
         final = ctl.follow(state) if attach else ctl.drive(state, None)
     except Interrupted:
-        latest = ctl.refresh(state)
-        return Result(
-            "interrupted",
-            app,
-            state.namespace,
-            130,
-            latest,
-            "stopped waiting; the rollout continues in the cluster",
-        )
+        return _interrupted(ctl, state, app)
     return from_state(final, app)
 
 

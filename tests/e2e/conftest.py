@@ -11,7 +11,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 import yaml
@@ -19,6 +19,8 @@ import yaml
 from canaryctl.demo import DEMO_POLICY
 from canaryctl.rollout import ANNOTATION
 from canaryctl.sandbox.world import Sandbox
+
+APP, NS = "rest-apl", "istio-apl"
 
 # The demo's policy, faster still (3 s steps), so a whole rollout fits an e2e test.
 FAST_POLICY: dict[str, Any] = copy.deepcopy(DEMO_POLICY)
@@ -53,12 +55,23 @@ class World:
         self.tmp = tmp
         self.kubeconfig = str(sandbox.kubeconfig)
 
+    # spec fields this world sets on top of FAST_POLICY (the fault world's are stricter)
+    spec_defaults: ClassVar[dict[str, Any]] = {}
+
     def policy(self, **spec: Any) -> Path:
-        doc = json.loads(json.dumps(FAST_POLICY))
+        """A policy file: FAST_POLICY, then ``spec_defaults``, then ``spec``."""
+        doc = copy.deepcopy(FAST_POLICY)
+        doc["spec"].update(copy.deepcopy(self.spec_defaults))
         doc["spec"].update(spec)
         path = self.tmp / f"policy-{len(list(self.tmp.glob('policy-*')))}.yaml"
         path.write_text(yaml.safe_dump(doc))
         return path
+
+    def promote(self, *extra: str, policy: Path | str | None = None) -> list[str]:
+        """The arguments of ``promote rest-apl -n istio-apl --policy P EXTRA...`` (P: a fresh
+        ``policy()`` unless given)."""
+        pol = str(policy if policy is not None else self.policy())
+        return ["promote", APP, "-n", NS, "--policy", pol, *extra]
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ)

@@ -31,9 +31,7 @@ def _reconcile_until_done(world: World, policy: str, limit: int = 40) -> list[st
 def test_no_wait_then_repeated_reconcile_promotes(world: World) -> None:
     """CronJob simulation: promote --no-wait writes step 1; reconcile runs finish the job."""
     policy = str(world.policy())
-    res = world.run(
-        "promote", "rest-apl", "-n", "istio-apl", "--policy", policy, "--no-wait", "-o", "json"
-    )
+    res = world.run(*world.promote("--no-wait", "-o", "json", policy=policy))
     assert res.code == 0, res.stderr
     assert res.json()["result"] == "started"
     assert world.written_weights() == [20]
@@ -47,10 +45,7 @@ def test_no_wait_then_repeated_reconcile_promotes(world: World) -> None:
 def test_repeated_reconcile_rolls_back_a_bad_canary(world: World) -> None:
     """CronJob simulation: a failing canary is rolled back by reconcile (exit 0: an outcome)."""
     policy = str(world.policy())
-    assert (
-        world.run("promote", "rest-apl", "-n", "istio-apl", "--policy", policy, "--no-wait").code
-        == 0
-    )
+    assert world.run(*world.promote("--no-wait", policy=policy)).code == 0
     actions = _reconcile_until_done(world, policy)
     assert actions[-1] == "rolled_back"
     assert world.weights() == [("v1", 100), ("v2", 0)]
@@ -63,8 +58,8 @@ def test_repeated_reconcile_rolls_back_a_bad_canary(world: World) -> None:
 def test_two_promotes_at_once_only_one_acts(world: World) -> None:
     """Two processes started on the same rollout at the same moment: exactly one writes."""
     policy = str(world.policy())
-    a = world.popen("promote", "rest-apl", "-n", "istio-apl", "--policy", policy, "-o", "json")
-    b = world.popen("promote", "rest-apl", "-n", "istio-apl", "--policy", policy, "-o", "json")
+    a = world.popen(*world.promote("-o", "json", policy=policy))
+    b = world.popen(*world.promote("-o", "json", policy=policy))
     out_a, err_a = a.communicate(timeout=120)
     out_b, err_b = b.communicate(timeout=120)
     assert (a.returncode, b.returncode) == (0, 0), (err_a, err_b)
@@ -82,7 +77,7 @@ def test_two_promotes_at_once_only_one_acts(world: World) -> None:
 def test_pause_resume_and_rollback_from_another_process(world: World) -> None:
     """Operator verbs act on a rollout driven by another process, which follows them."""
     policy = str(world.policy(interval="4s"))
-    driver = world.popen("promote", "rest-apl", "-n", "istio-apl", "--policy", policy, "-o", "json")
+    driver = world.popen(*world.promote("-o", "json", policy=policy))
     try:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and not world.written_weights():
@@ -109,10 +104,7 @@ def test_pause_resume_and_rollback_from_another_process(world: World) -> None:
 def test_force_promote_skips_remaining_analysis(world: World) -> None:
     """promote --force --yes on a rollout in progress promotes now and records it as forced."""
     policy = str(world.policy(interval="30s"))
-    assert (
-        world.run("promote", "rest-apl", "-n", "istio-apl", "--policy", policy, "--no-wait").code
-        == 0
-    )
+    assert world.run(*world.promote("--no-wait", policy=policy)).code == 0
     res = world.run("promote", "rest-apl", "-n", "istio-apl", "--force", "--yes", "-o", "json")
     assert res.code == 0, res.stderr
     data = res.json()
@@ -145,10 +137,7 @@ def test_daemon_metrics_show_the_weight_moving_in_prometheus(world: World) -> No
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     policy = str(world.policy(interval="2s"))
-    assert (
-        world.run("promote", "rest-apl", "-n", "istio-apl", "--policy", policy, "--no-wait").code
-        == 0
-    )
+    assert world.run(*world.promote("--no-wait", policy=policy)).code == 0
     daemon = world.popen(
         "run", "-n", "istio-apl", "--interval", "1s", "--port", str(port), quiet=True
     )

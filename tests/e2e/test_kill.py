@@ -97,20 +97,13 @@ def test_sigkill_at_random_moments_loses_nothing(
     for run in range(RUNS):
         _seed(world)
         if mode == "reconcile":
-            assert (
-                world.run(
-                    "promote", "rest-apl", "-n", "istio-apl", "--policy", policy, "--no-wait"
-                ).code
-                == 0
-            )
+            assert world.run(*world.promote("--no-wait", policy=policy)).code == 0
         run_kills = 0
         for _attempt in range(60):
             if mode == "reconcile":
                 proc = world.popen("reconcile", "-n", "istio-apl", quiet=True)
             else:
-                proc = world.popen(
-                    "promote", "rest-apl", "-n", "istio-apl", "--policy", policy, quiet=True
-                )
+                proc = world.popen(*world.promote(policy=policy), quiet=True)
             if run_kills < MAX_KILLS_PER_RUN and mode == "reconcile":
                 killed = _kill_while_working(world, proc, rng.uniform(0.0, 0.4))
             elif run_kills < MAX_KILLS_PER_RUN:

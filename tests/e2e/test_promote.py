@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from tests.e2e.conftest import World
@@ -10,9 +12,7 @@ from tests.istio_schema import validate_virtual_service
 
 def test_healthy_canary_is_promoted_through_every_step_in_order(world: World) -> None:
     """A healthy canary exits 0 and the weights written are 20, 40, 60, 80, 100 in order."""
-    res = world.run(
-        "promote", "rest-apl", "-n", "istio-apl", "--policy", str(world.policy()), "-o", "json"
-    )
+    res = world.run(*world.promote("-o", "json"))
     assert res.code == 0, res.stderr
     data = res.json()
     assert data["result"] == "promoted"
@@ -38,9 +38,7 @@ def test_healthy_canary_is_promoted_through_every_step_in_order(world: World) ->
 @pytest.mark.parametrize("world", ["errors", "latency"], indirect=True)
 def test_bad_canary_is_rolled_back_at_the_first_step(world: World) -> None:
     """A 25 %-error or 900 ms canary exits 1; the history ends at 0, never past step two."""
-    res = world.run(
-        "promote", "rest-apl", "-n", "istio-apl", "--policy", str(world.policy()), "-o", "json"
-    )
+    res = world.run(*world.promote("-o", "json"))
     assert res.code == 1, res.stderr
     data = res.json()
     assert data["result"] == "rolled_back"
@@ -57,16 +55,7 @@ def test_bad_canary_is_rolled_back_at_the_first_step(world: World) -> None:
 def test_no_canary_traffic_never_promotes(world: World) -> None:
     """Without traffic every analysis is inconclusive: held, then rolled back, never promoted."""
     world.sb.traffic.pause()
-    res = world.run(
-        "promote",
-        "rest-apl",
-        "-n",
-        "istio-apl",
-        "--policy",
-        str(world.policy(inconclusiveLimit=1)),
-        "-o",
-        "json",
-    )
+    res = world.run(*world.promote("-o", "json", policy=world.policy(inconclusiveLimit=1)))
     assert res.code == 1, res.stderr
     data = res.json()
     assert [s["verdict"] for s in data["steps"]] == ["inconclusive", "inconclusive"]
@@ -78,16 +67,7 @@ def test_no_canary_traffic_never_promotes(world: World) -> None:
 def test_unreachable_prometheus_exits_3_before_any_write(world: World) -> None:
     """Prometheus down at the start: exit 3 after the retry budget, nothing shifted."""
     res = world.run(
-        "promote",
-        "rest-apl",
-        "-n",
-        "istio-apl",
-        "--policy",
-        str(world.policy()),
-        "--prometheus-url",
-        "http://127.0.0.1:9",
-        "-o",
-        "json",
+        *world.promote("--prometheus-url", "http://127.0.0.1:9", "-o", "json"),
         prometheus=False,
     )
     assert res.code == 3, res.stderr
@@ -99,25 +79,14 @@ def test_unreachable_prometheus_exits_3_before_any_write(world: World) -> None:
 
 def test_prometheus_lost_mid_rollout_puts_traffic_back_on_stable(world: World) -> None:
     """Prometheus dies after the first step: exit 3, weights 100/0, phase Failed with reason."""
-    proc = world.popen(
-        "promote",
-        "rest-apl",
-        "-n",
-        "istio-apl",
-        "--policy",
-        str(world.policy(interval="4s")),
-        "-o",
-        "json",
-    )
+    proc = world.popen(*world.promote("-o", "json", policy=world.policy(interval="4s")))
     try:
-        deadline_weights: list[int] = []
-        import time
-
+        written: list[int] = []
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and not deadline_weights:
-            deadline_weights = world.written_weights()
+        while time.monotonic() < deadline and not written:
+            written = world.written_weights()
             time.sleep(0.1)
-        assert deadline_weights == [20]
+        assert written == [20]
         world.stop_prometheus()
         out, err = proc.communicate(timeout=60)
     finally:
@@ -157,7 +126,7 @@ def test_invalid_input_exits_2_with_zero_writes(world: World, args: list[str], n
 def test_bad_policy_exits_2_naming_the_field_with_zero_writes(world: World) -> None:
     """A policy with steps out of order is rejected before any cluster access."""
     path = world.policy(steps=[40, 20, 100])
-    res = world.run("promote", "rest-apl", "-n", "istio-apl", "--policy", str(path))
+    res = world.run(*world.promote(policy=path))
     assert res.code == 2
     assert "spec.steps: must be strictly increasing and end at 100, got [40, 20, 100]" in res.stderr
     assert world.cluster_writes() == []
@@ -167,7 +136,7 @@ def test_unavailable_canary_fails_preflight(world: World) -> None:
     """A canary Deployment with no available replicas: exit 2 before anything is written."""
     world.sb.emulator.set_deployment_available("istio-apl", "rest-apl-v2", False)
     world.sb.emulator.clear_writes()
-    res = world.run("promote", "rest-apl", "-n", "istio-apl", "--policy", str(world.policy()))
+    res = world.run(*world.promote())
     assert res.code == 2
     assert "rest-apl-v2" in res.stderr and "not available" in res.stderr
     assert world.cluster_writes() == []
@@ -175,17 +144,7 @@ def test_unavailable_canary_fails_preflight(world: World) -> None:
 
 def test_dry_run_prints_the_plan_and_writes_nothing(world: World) -> None:
     """--dry-run shows the steps and the first JSON patch; the cluster is untouched."""
-    res = world.run(
-        "promote",
-        "rest-apl",
-        "-n",
-        "istio-apl",
-        "--policy",
-        str(world.policy()),
-        "--dry-run",
-        "-o",
-        "json",
-    )
+    res = world.run(*world.promote("--dry-run", "-o", "json"))
     assert res.code == 0, res.stderr
     plan = res.json()["plan"]
     assert plan["steps"] == [20, 40, 60, 80, 100]
@@ -208,18 +167,7 @@ def test_prometheus_secrets_never_reach_logs_output_events_or_state(world: World
             "headers": {"X-Scope-OrgID": "tenant-a"},
         }
     )
-    res = world.run(
-        "promote",
-        "rest-apl",
-        "-n",
-        "istio-apl",
-        "--policy",
-        str(policy),
-        "-o",
-        "json",
-        "--log-level",
-        "debug",
-    )
+    res = world.run(*world.promote("-o", "json", "--log-level", "debug", policy=policy))
     assert res.code == 0, res.stderr
     basic = world.policy(
         prometheus={
@@ -227,19 +175,7 @@ def test_prometheus_secrets_never_reach_logs_output_events_or_state(world: World
         }
     )
     status = world.run("status", "rest-apl", "-n", "istio-apl", "-o", "json", prometheus=False)
-    dry = world.run(
-        "promote",
-        "rest-apl",
-        "-n",
-        "istio-apl",
-        "--policy",
-        str(basic),
-        "--dry-run",
-        "-o",
-        "json",
-        "--log-level",
-        "debug",
-    )
+    dry = world.run(*world.promote("--dry-run", "-o", "json", "--log-level", "debug", policy=basic))
     events = world.sb.emulator.list("v1", "Event", "istio-apl")
     everything = "".join(
         [

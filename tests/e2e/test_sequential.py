@@ -31,16 +31,7 @@ def test_three_times_the_errors_of_stable_is_rolled_back(busy_world: World) -> N
     by the floor (stable is below 99 % too), with the evidence in the JSON output."""
     world = busy_world
     world.sb.traffic.set_profile("rest-apl-v2", Profile(error_rate=0.06, latency_ms=40))
-    res = world.run(
-        "promote",
-        "rest-apl",
-        "-n",
-        "istio-apl",
-        "--policy",
-        _sequential_policy(world),
-        "-o",
-        "json",
-    )
+    res = world.run(*world.promote("-o", "json", policy=_sequential_policy(world)))
     assert res.code == 1, res.stderr
     data = res.json()
     assert data["judge"] == "sequential"
@@ -62,16 +53,7 @@ def test_canary_as_good_as_a_degraded_stable_is_promoted(busy_world: World) -> N
     sequential judge promotes, and `status` shows the e-value evidence."""
     world = busy_world
     world.sb.traffic.set_profile("rest-apl-v2", Profile(error_rate=0.02, latency_ms=40))
-    res = world.run(
-        "promote",
-        "rest-apl",
-        "-n",
-        "istio-apl",
-        "--policy",
-        _sequential_policy(world),
-        "-o",
-        "json",
-    )
+    res = world.run(*world.promote("-o", "json", policy=_sequential_policy(world)))
     assert res.code == 0, res.stderr
     status = world.run("status", "rest-apl", "-n", "istio-apl", "-o", "json", prometheus=False)
     data = status.json()

@@ -77,9 +77,7 @@ def test_every_hook_type_in_a_promoted_rollout(world: World, hooks: RecordingSer
             }
         ],
     )
-    proc = world.popen(
-        "promote", "rest-apl", "-n", "istio-apl", "--policy", str(policy), "-o", "json"
-    )
+    proc = world.popen(*world.promote("-o", "json", policy=policy))
     phases = set()
     deadline = time.monotonic() + 90
     while proc.poll() is None and time.monotonic() < deadline:
@@ -124,7 +122,7 @@ def test_rollback_webhook_stops_the_rollout_within_one_poll(
         webhooks=[_hook(hooks, "stop", "rollback")],
         notify=[{"name": "teams", "type": "teams", "url": hooks.url("/teams")}],
     )
-    res = world.run("promote", "rest-apl", "-n", "istio-apl", "--policy", str(policy), "-o", "json")
+    res = world.run(*world.promote("-o", "json", policy=policy))
     assert res.code == 1, res.stderr
     data = res.json()
     assert data["reason"] == "rollback requested by a webhook"
@@ -139,7 +137,7 @@ def test_failing_pre_rollout_hook_shifts_nothing(world: World, hooks: RecordingS
     exit 2 each time, one line naming the cause, zero cluster writes."""
     missing = world.tmp / "no-such-secret"
     policy = world.policy(notify=[{"name": "chat", "type": "slack", "urlFile": str(missing)}])
-    res = world.run("promote", "rest-apl", "-n", "istio-apl", "--policy", str(policy))
+    res = world.run(*world.promote(policy=policy))
     assert res.code == 2, res.stderr
     assert res.stderr.strip().splitlines()[-1] == (
         f"error: spec.notify[0].urlFile: cannot read {missing}: No such file or directory"
@@ -147,7 +145,7 @@ def test_failing_pre_rollout_hook_shifts_nothing(world: World, hooks: RecordingS
     assert world.cluster_writes() == []
     hooks.script("/smoke", [500])
     policy = world.policy(webhooks=[_hook(hooks, "smoke", "pre-rollout")])
-    res = world.run("promote", "rest-apl", "-n", "istio-apl", "--policy", str(policy))
+    res = world.run(*world.promote(policy=policy))
     assert res.code == 2
     assert "pre-rollout webhook smoke failed (HTTP 500)" in res.stderr
     assert world.cluster_writes() == []
@@ -167,7 +165,7 @@ def test_broken_notifier_and_failing_rollout_hook(world: World, hooks: Recording
         ],
     )
     t0 = time.monotonic()
-    res = world.run("promote", "rest-apl", "-n", "istio-apl", "--policy", str(policy), "-o", "json")
+    res = world.run(*world.promote("-o", "json", policy=policy))
     assert res.code == 1, res.stderr
     assert time.monotonic() - t0 < 40
     last = res.json()["steps"][-1]

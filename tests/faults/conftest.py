@@ -37,12 +37,10 @@ import yaml
 
 from canaryctl.sandbox import load_manifests
 from canaryctl.sandbox.world import STABLE_PROFILE, Sandbox
-from tests.e2e.conftest import FAST_POLICY, Run, World
+from tests.e2e.conftest import NS, Run, World
 from tests.faults.forkcli import Zygote
 from tests.faults.promproxy import PrometheusFaultProxy
 
-NS = "istio-apl"
-APP = "rest-apl"
 VS = "rest-apl-vs"
 LEASE = "canaryctl.rest-apl-vs"
 FAULTS_DIR = Path(__file__).resolve().parent
@@ -69,6 +67,8 @@ class _Stopped(Exception):
 class FaultWorld(World):
     """The e2e ``World`` pointed at the fault proxy, with helpers for timing faults."""
 
+    spec_defaults = FAULT_SPEC
+
     def __init__(
         self, sandbox: Sandbox, tmp: Path, proxy: PrometheusFaultProxy, zygote: Zygote | None
     ) -> None:
@@ -82,14 +82,6 @@ class FaultWorld(World):
         self.stop_threads = threading.Event()
 
     # --- running canaryctl ----------------------------------------------------------------
-    def policy(self, **spec: Any) -> Path:
-        doc = json.loads(json.dumps(FAST_POLICY))
-        doc["spec"].update(json.loads(json.dumps(FAULT_SPEC)))
-        doc["spec"].update(spec)
-        path = self.tmp / f"policy-{len(list(self.tmp.glob('policy-*')))}.yaml"
-        path.write_text(yaml.safe_dump(doc))
-        return path
-
     def env(self) -> dict[str, str]:
         env = super().env()
         env["CANARYCTL_KUBE_RETRY_SECONDS"] = str(self.kube_retry_seconds)
@@ -119,10 +111,9 @@ class FaultWorld(World):
         self.procs.append(proc)
         return proc
 
-    def promote(self, *extra: str, policy: Path | None = None) -> list[str]:
-        """The argv tail of ``promote rest-apl -n istio-apl --policy P -o json``."""
-        pol = str(policy or self.policy())
-        return ["promote", APP, "-n", NS, "--policy", pol, "-o", "json", *extra]
+    def promote(self, *extra: str, policy: Path | str | None = None) -> list[str]:
+        """``World.promote`` with ``-o json``: fault cases read the JSON outcome."""
+        return super().promote("-o", "json", *extra, policy=policy)
 
     @staticmethod
     def finish(proc: subprocess.Popen[str], timeout: float = 90) -> Run:

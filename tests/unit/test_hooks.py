@@ -36,6 +36,7 @@ from canaryctl.notify import Notifier, NotifySpec, event_for, failing_metric, re
 from canaryctl.policy import AnalysisPolicy
 from canaryctl.rollout import RolloutState
 from tests.recording_server import RecordingServer
+from tests.rollouts import begin_rollout
 
 
 class Clock:
@@ -62,19 +63,7 @@ def dead_url() -> str:
 
 
 def make_state(policy: dict[str, Any] | None = None, *, now: float = 1000.0) -> RolloutState:
-    return rollout.begin(
-        app="reviews",
-        namespace="shop",
-        virtual_service="reviews",
-        mode="subset",
-        stable={"host": "reviews", "subset": "v1"},
-        canary={"host": "reviews", "subset": "v2"},
-        stable_workload="reviews-v1",
-        canary_workload="reviews-v2",
-        policy=policy or AnalysisPolicy().snapshot(),
-        current_canary_weight=0,
-        now=now,
-    )
+    return begin_rollout(policy or AnalysisPolicy().snapshot(), app="reviews", now=now)
 
 
 @pytest.fixture

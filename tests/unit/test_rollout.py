@@ -19,10 +19,10 @@ from canaryctl.rollout import (
     HISTORY_LIMIT,
     STATE_VERSION,
     RolloutState,
-    begin,
     decide,
     first_step_index,
 )
+from tests.rollouts import begin_rollout
 
 T0 = 1_700_000_000.0
 STEPS = [20, 40, 60, 80, 100]
@@ -36,19 +36,7 @@ def policy(steps: list[int] | None = None, **spec: Any) -> dict[str, Any]:
 def start(
     steps: list[int] | None = None, current: int = 0, now: float = T0, **spec: Any
 ) -> RolloutState:
-    return begin(
-        app="web",
-        namespace="shop",
-        virtual_service="web",
-        mode="subset",
-        stable={"host": "web", "subset": "v1"},
-        canary={"host": "web", "subset": "v2"},
-        stable_workload="web-v1",
-        canary_workload="web-v2",
-        policy=policy(steps, **spec),
-        current_canary_weight=current,
-        now=now,
-    )
+    return begin_rollout(policy(steps, **spec), current=current, now=now)
 
 
 def measured(verdict: str, *, reject: bool = False) -> StepAnalysis:
