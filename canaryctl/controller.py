@@ -245,7 +245,7 @@ class Controller:
             from canaryctl.judges import measure_counts, sequential_results
 
             entry = measure_counts(provider, state, policy, now)
-            extra, reject, dwell = sequential_results(provider, state, policy, now, entry=entry)
+            extra, reject, dwell = sequential_results(state, policy, entry=entry)
             for r in extra:
                 log.info(
                     "analysis", metric=r.name, value=r.value, verdict=r.verdict, reason=r.reason
@@ -316,9 +316,7 @@ class Controller:
         new = rollout.fail(state, reason=reason, now=now)
         try:
             self.finish(new, expect=state, event=("RolloutFailed", True))
-        except StateChangedError:
-            raise
-        except InfraError as exc2:
+        except InfraError as exc2:  # a StateChangedError (another actor wrote) passes through
             raise RolloutInfraError(
                 f"{cause}; could not put traffic back on stable: {exc2}", state
             ) from cause
@@ -327,9 +325,11 @@ class Controller:
     def finish(
         self, state: RolloutState, *, expect: RolloutState | None, event: tuple[str, bool]
     ) -> RolloutState:
+        """Write a change decided outside an analysis (failure, operator's pause, resume,
+        rollback, forced promotion) and record its Event ``(reason, warning)``."""
         vs = self.commit(state, expect=expect)
         self.event(vs, event[0], f"{state.reason} (canary {state.weight}%)", warning=event[1])
-        log.info("finished", phase=state.phase, reason=state.reason, weight=state.weight)
+        log.info("state.written", phase=state.phase, reason=state.reason, weight=state.weight)
         return state
 
     # --- the loop ---------------------------------------------------------------------------

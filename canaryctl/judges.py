@@ -182,12 +182,7 @@ def _floor(
 
 
 def sequential_results(
-    provider: MetricsProvider,
-    state: RolloutState,
-    policy: AnalysisPolicy,
-    now: float,
-    *,
-    entry: dict[str, Any],
+    state: RolloutState, policy: AnalysisPolicy, *, entry: dict[str, Any]
 ) -> tuple[list[MetricResult], bool, str | None]:
     """(results, reject, dwell reason) for one analysis with ``entry`` this window's counts."""
     spec = policy.spec
@@ -229,25 +224,30 @@ def sequential_results(
                     reason=reason,
                 )
             )
-    dwell = None if reject else _dwell_reason(state, here, slo, spec.alpha)
+    dwell = None if reject else _dwell_reason(state, here, entries, slo, spec.alpha)
     return results, reject, dwell
 
 
 def _dwell_reason(
-    state: RolloutState, here: list[dict[str, Any]], slo: float | None, alpha: float
+    state: RolloutState,
+    here: list[dict[str, Any]],
+    entries: list[dict[str, Any]],
+    slo: float | None,
+    alpha: float,
 ) -> str | None:
+    """``here``: the windows at this weight, this one last; ``entries``: every window."""
     if not 0 < state.step_index < len(state.steps) - 1:
         return None
     # extra windows already measured at this weight (state.counts is not truncated, unlike
     # the history): dwells and holds alike, so a step never dwells more than MAX_DWELL times
-    dwelt = sum(1 for e in state.counts if e["step"] == state.step_index)
+    dwelt = len(here) - 1
     if dwelt >= MAX_DWELL:
         return None
     window = here[-1]
     total = window["canary_requests"] + window["stable_requests"]
-    checks = [("error rate", _errors(here), _errors([*state.counts, window]))]
+    checks = [("error rate", _errors(here), _errors(entries))]
     if slo is not None:
-        checks.append(("latency", _slow(here), _slow([*state.counts, window])))
+        checks.append(("latency", _slow(here), _slow(entries)))
     for what, steps_here, steps_all in checks:
         res = sequential_test(steps_here, alpha=alpha)
         hi = res.ratio_ci[1]

@@ -43,7 +43,6 @@ T = TypeVar("T")
 
 ISTIO_GROUP = "networking.istio.io"
 JSON_PATCH = "application/json-patch+json"
-MERGE_PATCH = "application/merge-patch+json"
 # Total time spent retrying one transient API failure; CANARYCTL_KUBE_RETRY_SECONDS overrides.
 DEFAULT_RETRY_SECONDS = 30.0
 REQUEST_TIMEOUT = (5.0, 20.0)  # connect, read

@@ -124,9 +124,9 @@ class Lease:
         log.debug("lease.acquired", lease=self.name, holder=self.holder)
         return True
 
-    def renew(self, now: float, *, force: bool = False) -> None:
+    def renew(self, now: float) -> None:
         """Renew when a third of the duration has passed; raise when the lease was lost."""
-        if not force and now - self.renewed_at < self.duration / 3:
+        if now - self.renewed_at < self.duration / 3:
             return
         if not self.acquire(now):
             raise LeaseHeldError(

@@ -21,10 +21,9 @@ from canaryctl.errors import (
     PolicyError,
     PreflightError,
     RolloutStateError,
-    TargetNotFoundError,
     UsageError,
 )
-from canaryctl.hooks import UrlFileError, UrlSource
+from canaryctl.hooks import UrlFileError, UrlSource, dest
 from canaryctl.mesh.routes import apply_patch, weight_patch, weights_of
 from canaryctl.metrics._base import QueryContext
 from canaryctl.policy import AnalysisPolicy
@@ -33,7 +32,7 @@ from canaryctl.rollout import ANNOTATION, RolloutState
 log = structlog.get_logger("canaryctl")
 
 _EXIT = {"Promoted": EXIT_OK, "RolledBack": EXIT_ROLLED_BACK, "Failed": EXIT_INFRA}
-_RESULT = {"Promoted": "promoted", "RolledBack": "rolled_back", "Failed": "failed"}
+RESULTS = {"Promoted": "promoted", "RolledBack": "rolled_back", "Failed": "failed"}
 
 
 @dataclass
@@ -57,8 +56,8 @@ class Result:
         if s is not None:
             out.update(
                 virtualService=s.virtual_service,
-                stable=_dest(s.stable),
-                canary=_dest(s.canary),
+                stable=dest(s.stable),
+                canary=dest(s.canary),
                 stableWorkload=s.stable_workload,
                 canaryWorkload=s.canary_workload,
                 phase=s.phase,
@@ -77,15 +76,11 @@ class Result:
         return out
 
 
-def _dest(d: dict[str, str | None]) -> str:
-    return f"{d['host']}/{d['subset']}" if d.get("subset") else str(d["host"])
-
-
 def from_state(state: RolloutState, app: str) -> Result:
     if state.active:
         return Result("in_progress", app, state.namespace, EXIT_OK, state, state.reason)
     return Result(
-        _RESULT[state.phase], app, state.namespace, _EXIT[state.phase], state, state.reason
+        RESULTS[state.phase], app, state.namespace, _EXIT[state.phase], state, state.reason
     )
 
 
@@ -120,7 +115,7 @@ def promote(
     if state is not None and state.active:
         if canary and canary not in (state.canary.get("subset"), state.canary.get("host")):
             raise UsageError(
-                f"--canary {canary}: a rollout of {_dest(state.canary)} is already in progress "
+                f"--canary {canary}: a rollout of {dest(state.canary)} is already in progress "
                 f"on {state.virtual_service}; roll it back first"
             )
         if force:
@@ -203,16 +198,16 @@ def promote(
         ctl.event(
             written,
             "RolloutStarted",
-            f"canary {_dest(state.canary)} at {state.weight}% "
-            f"(stable {_dest(state.stable)}), steps {state.steps}",
+            f"canary {dest(state.canary)} at {state.weight}% "
+            f"(stable {dest(state.stable)}), steps {state.steps}",
         )
         log.info(
             "started",
             vs=state.virtual_service,
             weight=state.weight,
             steps=state.steps,
-            canary=_dest(state.canary),
-            stable=_dest(state.stable),
+            canary=dest(state.canary),
+            stable=dest(state.stable),
         )
         if not wait:
             return Result(
@@ -275,15 +270,12 @@ def _operate(
     """Write an operator's change, retrying on races with the driving process."""
     for _ in range(10):
         try:
-            vs = ctl.commit(new, expect=state)
+            return ctl.finish(new, expect=state, event=(reason, warning))
         except StateChangedError as exc:
             if exc.state is None or not exc.state.active:
                 raise RolloutStateError("the rollout ended meanwhile") from None
             state = exc.state
             new = _rebase(state, new)
-            continue
-        ctl.event(vs, reason, f"{new.reason} (canary {new.weight}%)", warning=warning)
-        return new
     raise RolloutStateError("the rollout kept changing; try again")
 
 
@@ -354,15 +346,12 @@ def rollback(ctl: Controller, *, app: str, namespace: str, vs_name: str | None) 
 
 
 def status(ctl: Controller, *, app: str, namespace: str, vs_name: str | None) -> Result:
-    vs, state = locate(ctl, app=app, namespace=namespace, vs_name=vs_name)
+    _, state = locate(ctl, app=app, namespace=namespace, vs_name=vs_name)
     if state is not None:
         res = from_state(state, app)
         res.exit_code = EXIT_OK
         return res
-    try:
-        target, vs = ctl.router.find(app=app, namespace=namespace, vs_name=vs_name, canary=None)
-    except TargetNotFoundError:
-        raise
+    target, vs = ctl.router.find(app=app, namespace=namespace, vs_name=vs_name, canary=None)
     return Result(
         "no_rollout",
         app,

@@ -136,9 +136,6 @@ def _start(ctl: Controller, vs: dict[str, Any]) -> Outcome:
     return _outcome(res.state, "started", res.message)
 
 
-_ACTIONS = {"Promoted": "promoted", "RolledBack": "rolled_back", "Failed": "failed"}
-
-
 def _advance(ctl: Controller, state: RolloutState, now: float) -> Outcome:
     if state.phase == "Paused":
         return _outcome(state, "skipped", "paused")  # Waiting rollouts are analysed: gates re-asked
@@ -162,7 +159,7 @@ def _advance(ctl: Controller, state: RolloutState, now: float) -> Outcome:
             else ("waiting" if new.phase == "Waiting" else "held")
         )
     else:
-        action = _ACTIONS[new.phase]
+        action = operations.RESULTS[new.phase]
     return _outcome(new, action, new.reason)
 
 

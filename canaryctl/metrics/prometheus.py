@@ -35,6 +35,7 @@ from canaryctl.analysis import Measurement
 from canaryctl.errors import MetricsUnavailableError, PolicyError, TransientError
 from canaryctl.metrics._base import QueryContext, WorkloadCounts
 from canaryctl.policy import MetricSpec, PrometheusSpec, format_duration, parse_duration
+from canaryctl.stats import counter_increase
 
 log = structlog.get_logger("canaryctl.prometheus")
 
@@ -176,10 +177,6 @@ class PrometheusProvider:
             raise QueryRejectedError(
                 f"HTTP {resp.status_code}: check bearerTokenFile / basicAuth / tls settings"
             )
-        if resp.status_code in (401, 403):
-            raise QueryRejectedError(
-                f"HTTP {resp.status_code}: check bearerTokenFile / basicAuth / tls settings"
-            )
         if resp.status_code >= 400:
             raise TransientError(f"Prometheus at {self.url}: HTTP {resp.status_code}")
         if not isinstance(body, dict) or body.get("status") != "success":
@@ -314,7 +311,7 @@ class PrometheusProvider:
             for t, v in points:
                 if t <= start or not math.isfinite(v):
                     continue
-                inc += v - prev if v >= prev else v
+                inc += counter_increase(prev, v)
                 prev = v
             out.append((labels, inc))
         return out
@@ -378,5 +375,4 @@ def _samples(data: dict[str, Any]) -> list[Sample]:
 
 
 def _num(text: Any) -> float:
-    v = float(text)  # Prometheus encodes NaN/Inf as "NaN", "+Inf", "-Inf"; float() reads them
-    return v if not math.isnan(v) else math.nan
+    return float(text)  # Prometheus encodes NaN/Inf as "NaN", "+Inf", "-Inf"; float() reads them
