@@ -45,6 +45,11 @@ log = structlog.get_logger("canaryctl.controller")
 ProgressFn = Callable[[RolloutState, float], None]
 
 
+def _written_since(stored: RolloutState | None, seen: RolloutState) -> bool:
+    """The stored rollout state is no longer the one ``seen`` (another write happened)."""
+    return stored is None or (stored.updated_at, stored.phase) != (seen.updated_at, seen.phase)
+
+
 class StateChangedError(Exception):
     """The stored rollout state changed under us; carries the newer state."""
 
@@ -152,10 +157,7 @@ class Controller:
             if expect is None:
                 if stored is not None and stored.active:
                     raise StateChangedError(stored, vs)
-            elif stored is None or (stored.updated_at, stored.phase) != (
-                expect.updated_at,
-                expect.phase,
-            ):
+            elif _written_since(stored, expect):
                 raise StateChangedError(stored, vs)
             target = self._target(state, vs, canary_override)
             annotations: dict[str, str | None] = {
@@ -258,10 +260,16 @@ class Controller:
 
         When Prometheus or the cluster stays unusable beyond the retry budget, traffic is put
         back on stable (phase Failed, with the reason) if the VirtualService can still be
-        written, and ``RolloutInfraError`` says which happened (exit 3)."""
+        written, and ``RolloutInfraError`` says which happened (exit 3). ``state`` must still
+        be the stored state (the caller's checks, e.g. "not paused, due", were made on it);
+        if another actor wrote since, ``StateChangedError`` hands the newer one back before
+        anything is asked or measured."""
         now = self.clock()
         try:
             vs = self.read_vs(state)
+            stored = read_state(vs)
+            if _written_since(stored, state):
+                raise StateChangedError(stored, vs)
             target = self._target(state, vs, None)
             ok, why = self.router.canary_available(target, state.canary_workload)
             if not ok:
@@ -369,7 +377,7 @@ class Controller:
             if now - last_read >= poll:
                 last_read = now
                 latest = self.refresh(state)
-                if (latest.updated_at, latest.phase) != (state.updated_at, state.phase):
+                if _written_since(latest, state):
                     log.info("state.changed", phase=latest.phase, reason=latest.reason)
                     state = latest
                 if not state.active:

@@ -146,7 +146,7 @@ def _advance(ctl: Controller, state: RolloutState, now: float) -> Outcome:
         return _outcome(state, "skipped", f"lease held by {lease.observed_holder}")
     try:
         try:
-            new = ctl.step(ctl.refresh(state))
+            new = ctl.step(state)  # the listed state; a newer one is a StateChangedError
         except StateChangedError as exc:
             latest = exc.state or state
             return _outcome(latest, "skipped", "changed by another actor meanwhile")

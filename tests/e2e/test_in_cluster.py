@@ -171,3 +171,41 @@ def test_daemon_metrics_show_the_weight_moving_in_prometheus(world: World) -> No
         assert daemon.returncode == 0
     finally:
         daemon.kill()
+
+
+def test_reconcile_pass_skips_a_rollout_paused_after_it_was_listed(world: World) -> None:
+    """The race of a CronJob pass with an operator: the pass lists the VirtualServices (the
+    rollout is due), then ``canaryctl pause`` writes, then the pass takes the lease. The pass
+    must act on the stored state, not the listed one: "skipped", no analysis, no write; the
+    rollout stays paused at its weight. Run in-process to place the pause exactly there."""
+    from canaryctl import operations, reconcile
+    from canaryctl.controller import Controller, read_state
+    from canaryctl.kube import KubeClient
+    from canaryctl.mesh._base import get_router
+    from canaryctl.metrics._base import get_provider
+    from canaryctl.policy import load_policy
+
+    kube = KubeClient.connect(kubeconfig=world.kubeconfig)
+    ctl = Controller(
+        kube=kube,
+        router=get_router("istio", kube),
+        provider_for=get_provider,
+        prometheus_url=world.sb.prometheus.url,
+    )
+    policy = load_policy(world.policy(interval="1s")).with_prometheus_url(world.sb.prometheus.url)
+    started = operations.promote(
+        ctl, app="rest-apl", namespace="istio-apl", policy=policy, wait=False
+    )
+    assert started.result == "started" and started.state is not None
+    listed = read_state(ctl.router.list("istio-apl")[0])
+    assert listed == started.state
+    time.sleep(1.1)  # the step is due
+    paused = operations.pause(ctl, app="rest-apl", namespace="istio-apl", vs_name=None)
+    assert paused.state is not None and paused.state.phase == "Paused"
+    writes = len(world.cluster_writes())
+    outcome = reconcile._advance(ctl, listed, ctl.clock())
+    assert (outcome.action, outcome.phase) == ("skipped", "Paused"), outcome
+    assert outcome.detail == "changed by another actor meanwhile"
+    vs_writes = [w for w in world.cluster_writes()[writes:] if "virtualservices" in w.path]
+    assert vs_writes == []
+    assert world.state()["phase"] == "Paused" and world.weights() == [("v1", 80), ("v2", 20)]
