@@ -20,9 +20,9 @@ import pytest
 from kubernetes.client.exceptions import ApiException
 
 from canaryctl.sandbox import load_manifests
+from tests.e2e.conftest import NS
 from tests.faults.conftest import (
     KUBE_RETRY_SECONDS,
-    NS,
     VS,
     Case,
     FaultWorld,

@@ -27,10 +27,8 @@ import pytest
 import yaml
 
 from canaryctl.sandbox import load_manifests
-from tests.e2e.conftest import Run
+from tests.e2e.conftest import APP, NS, Run
 from tests.faults.conftest import (
-    APP,
-    NS,
     Case,
     FaultWorld,
     error_lines,

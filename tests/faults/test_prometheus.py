@@ -14,9 +14,8 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import Run
+from tests.e2e.conftest import NS, Run
 from tests.faults.conftest import (
-    NS,
     PROM_RETRY_BUDGET,
     Case,
     FaultWorld,
