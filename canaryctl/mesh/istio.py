@@ -6,6 +6,7 @@ in ``routes.py``; this module only reads the objects they need and writes the pa
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from canaryctl.errors import NotFoundError, PreflightError, TargetNotFoundError
@@ -54,8 +55,11 @@ class IstioRouter:
         vs = next(v for v in candidates if v["metadata"]["name"] == target.vs_name)
         return target, vs
 
-    def _deployment(self, namespace: str, labels: dict[str, str], what: str) -> dict[str, Any]:
-        found = routes.select_deployments(self.kube.list_deployments(namespace), labels)
+    @staticmethod
+    def _deployment(
+        deployments: Sequence[dict[str, Any]], namespace: str, labels: dict[str, str], what: str
+    ) -> dict[str, Any]:
+        found = routes.select_deployments(deployments, labels)
         shown = ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
         if not found:
             raise PreflightError(
@@ -78,12 +82,17 @@ class IstioRouter:
             ) from None
         return dict((svc.get("spec") or {}).get("selector") or {})
 
+    def _subset_labels(self, target: Target) -> tuple[dict[str, str], dict[str, str]]:
+        """The DestinationRule labels of both subsets (``PreflightError`` if one is gone)."""
+        ns = target.namespace
+        drs = self.kube.list_istio("destinationrules", ns)
+        subsets = routes.destination_rule_subsets(drs, host=target.stable.host, namespace=ns)
+        return routes.preflight_subsets(subsets, target)
+
     def _labels(self, target: Target) -> tuple[dict[str, str], dict[str, str]]:
         ns = target.namespace
         if target.mode == "subset":
-            drs = self.kube.list_istio("destinationrules", ns)
-            subsets = routes.destination_rule_subsets(drs, host=target.stable.host, namespace=ns)
-            stable_labels, canary_labels = routes.preflight_subsets(subsets, target)
+            stable_labels, canary_labels = self._subset_labels(target)
             selector = self._service_selector(ns, target.stable.host)
             return {**selector, **stable_labels}, {**selector, **canary_labels}
         return (
@@ -94,12 +103,10 @@ class IstioRouter:
     def preflight(self, target: Target) -> Workloads:
         """Both destinations resolve to one Deployment each; the canary is available."""
         stable_labels, canary_labels = self._labels(target)
-        stable = self._deployment(
-            target.namespace, stable_labels, f"stable {target.stable.label()}"
-        )
-        canary = self._deployment(
-            target.namespace, canary_labels, f"canary {target.canary.label()}"
-        )
+        ns = target.namespace
+        deployments = self.kube.list_deployments(ns)
+        stable = self._deployment(deployments, ns, stable_labels, f"stable {target.stable.label()}")
+        canary = self._deployment(deployments, ns, canary_labels, f"canary {target.canary.label()}")
         ok, why = routes.deployment_available(canary)
         if not ok:
             raise PreflightError(
@@ -109,11 +116,13 @@ class IstioRouter:
 
     def canary_available(self, target: Target, workload: str) -> tuple[bool, str]:
         """Re-checked before every analysis: a canary scaled to 0, or whose DestinationRule
-        subset was removed, mid-rollout is rolled back (never promoted to a void)."""
+        subset was removed, mid-rollout is rolled back (never promoted to a void). The Service
+        is not read again: its selector only chose the Deployments at preflight, and a Service
+        deleted mid-rollout shows as missing traffic (inconclusive, never a pass)."""
         if target.mode == "subset":
             try:
-                self._labels(target)
-            except (PreflightError, TargetNotFoundError) as exc:
+                self._subset_labels(target)
+            except PreflightError as exc:
                 return False, exc.message
         for d in self.kube.list_deployments(target.namespace):
             if d["metadata"]["name"] == workload:
