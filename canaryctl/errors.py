@@ -7,8 +7,9 @@ CLI carries its exit code, so `cli.py` maps errors to exit codes in exactly one 
   any cluster write. Never retried.
 - ``InfraError`` (exit 3): the cluster or Prometheus could not be used after retries. The
   controller puts traffic back on stable (when it can) before letting it escape.
-- ``TransientError``: worth retrying (API 5xx, timeouts, 409 conflicts, Prometheus hiccups).
-  Retried by the edges with tenacity; when the budget is spent they raise ``InfraError``.
+- ``TransientError``: worth retrying (API 5xx, timeouts, Prometheus hiccups). Retried by the
+  edges with tenacity; when the budget is spent they raise ``InfraError``.
+- ``ConflictError`` (HTTP 409): not retried as is; the caller re-reads and recomputes.
 
 A failed analysis is not an error: it is an outcome (exit 1) carried by the result object.
 """
@@ -95,8 +96,9 @@ class TransientError(CanaryctlError):
     """Worth retrying; converted into an ``InfraError`` when the retry budget is spent."""
 
 
-class ConflictError(TransientError):
-    """The object changed since it was read (HTTP 409); re-read and try again."""
+class ConflictError(CanaryctlError):
+    """The object changed since it was read (HTTP 409): the caller re-reads and recomputes
+    (resending the same request would only conflict again)."""
 
 
 class NotFoundError(CanaryctlError):

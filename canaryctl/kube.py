@@ -23,7 +23,7 @@ from kubernetes.config.config_exception import ConfigException
 from tenacity import (
     RetryCallState,
     Retrying,
-    retry_if_exception,
+    retry_if_exception_type,
     stop_after_delay,
     wait_exponential,
 )
@@ -134,9 +134,7 @@ class KubeClient:
 
         try:
             for attempt in Retrying(
-                retry=retry_if_exception(
-                    lambda e: isinstance(e, TransientError) and not isinstance(e, ConflictError)
-                ),
+                retry=retry_if_exception_type(TransientError),
                 stop=stop_after_delay(self.retry_seconds),
                 wait=wait_exponential(multiplier=0.25, max=4),
                 before_sleep=before_sleep,
@@ -144,8 +142,6 @@ class KubeClient:
             ):
                 with attempt:
                     return once()
-        except ConflictError:
-            raise
         except TransientError as exc:
             raise ClusterUnavailableError(
                 f"Kubernetes API unavailable after {self.retry_seconds:g}s of retries: {exc}"
