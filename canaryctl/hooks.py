@@ -43,7 +43,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal, get_args
+from typing import TYPE_CHECKING, Annotated, Any, Literal, Protocol, get_args
 from urllib.parse import urlsplit
 
 import requests
@@ -361,19 +361,42 @@ def post_json(
     return HookResult(ok, status, None if ok else f"HTTP {status}", attempts, name)
 
 
+class Sendable(Protocol):
+    """A webhook or a notification target: where to POST, and how patiently."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def type(self) -> str: ...
+    @property
+    def timeout(self) -> str: ...
+    @property
+    def retries(self) -> int: ...
+    def target_url(self) -> str: ...
+    def where(self) -> str: ...
+
+
+def deliver(
+    spec: Sendable, body: Any, *, session: Session | None
+) -> tuple[dict[str, Any], HookResult]:
+    """POST ``body`` where ``spec`` points (``urlFile`` read now) with its timeout and
+    retries. Returns the log label (name, type, endpoint: never the URL) and the result; an
+    unreadable ``urlFile`` is a result with 0 attempts. Never raises."""
+    label: dict[str, Any] = {"name": spec.name, "type": spec.type, "endpoint": spec.where()}
+    try:
+        url = spec.target_url()
+    except UrlFileError as exc:
+        return label, HookResult(False, None, f"urlFile: {exc}", 0, spec.name)
+    label["endpoint"] = endpoint(url)
+    timeout, retries = seconds(spec.timeout), spec.retries
+    return label, post_json(url, body, timeout=timeout, retries=retries, session=session, **label)
+
+
 def call(hook: WebhookSpec, payload: Any, *, session: Session | None = None) -> HookResult:
     """Call one webhook and log the answer. Never raises; a failure is never approval."""
-    label = {"name": hook.name, "type": hook.type, "endpoint": hook.where()}
-    try:
-        url = hook.target_url()
-    except UrlFileError as exc:
-        r = HookResult(False, None, f"urlFile: {exc}", 0, hook.name)
-        log.warning("webhook", **label, status=None, ok=False, attempts=0, error=r.error)
-        return r
-    label["endpoint"] = endpoint(url)
-    timeout, retries = seconds(hook.timeout), hook.retries
-    r = post_json(url, payload, timeout=timeout, retries=retries, session=session, **label)
-    log.info("webhook", **label, status=r.status, ok=r.ok, attempts=r.attempts, error=r.error)
+    label, r = deliver(hook, payload, session=session)
+    report = log.info if r.attempts else log.warning  # no attempt: the urlFile is unreadable
+    report("webhook", **label, status=r.status, ok=r.ok, attempts=r.attempts, error=r.error)
     return r
 
 

@@ -35,15 +35,12 @@ from pydantic import AfterValidator, Field, field_validator
 
 from canaryctl.hooks import (
     Duration,
-    UrlFileError,
     UrlSource,
     check_duration,
     check_name,
+    deliver,
     describe,
     dest,
-    endpoint,
-    post_json,
-    seconds,
     unique_names,
 )
 
@@ -272,16 +269,7 @@ class Notifier:
                     self._cond.notify_all()
 
     def _deliver(self, spec: NotifySpec, event: Event, body: dict[str, Any]) -> None:
-        label = {"name": spec.name, "type": spec.type, "endpoint": spec.where()}
-        try:
-            url = spec.target_url()
-        except UrlFileError as exc:
-            error = f"urlFile: {exc}"  # as a webhook's HookResult says it
-            log.warning("notify", **label, notify_event=event, ok=False, status=None, error=error)
-            return
-        label["endpoint"] = endpoint(url)
-        timeout, retries = seconds(spec.timeout), spec.retries
-        r = post_json(url, body, timeout=timeout, retries=retries, session=self._session, **label)
+        label, r = deliver(spec, body, session=self._session)
         report = log.info if r.ok else log.warning
         report("notify", **label, notify_event=event, ok=r.ok, status=r.status, error=r.error)
 
