@@ -196,11 +196,7 @@ def decide(state: RolloutState, analysis: StepAnalysis, *, now: float) -> Decisi
             return Decision("rollback", _finish(s, "RolledBack", why, now), why)
         why = f"analysis failed ({failed}/{spec['failureLimit']} allowed): {analysis.reason}"
         s = _record(replace(state, failed=failed, inconclusive=0), analysis, now, "hold")
-        return Decision(
-            "hold",
-            replace(s, step_started_at=now, window_started_at=now, updated_at=now, reason=why),
-            why,
-        )
+        return Decision("hold", restart_window(s, now=now, reason=why), why)
     if analysis.verdict == "inconclusive":
         streak = state.inconclusive + 1
         if streak > int(spec["inconclusiveLimit"]):
@@ -209,18 +205,14 @@ def decide(state: RolloutState, analysis: StepAnalysis, *, now: float) -> Decisi
             return Decision("rollback", _finish(s, "RolledBack", why, now), why)
         why = f"inconclusive ({streak}/{spec['inconclusiveLimit']}): {analysis.reason}"
         s = _record(replace(state, inconclusive=streak), analysis, now, "hold")
-        keep = state.window_start  # the window grows: evidence accumulates at this weight
-        s = replace(s, step_started_at=now, window_started_at=keep, updated_at=now, reason=why)
+        # the window grows: evidence accumulates at this weight
+        s = restart_window(s, now=now, reason=why, window_started_at=state.window_start)
         return Decision("hold", s, why)
     # pass
     if analysis.dwell:
         s = _record(replace(state, inconclusive=0), analysis, now, "dwell")
         why = analysis.dwell
-        return Decision(
-            "dwell",
-            replace(s, step_started_at=now, window_started_at=now, updated_at=now, reason=why),
-            why,
-        )
+        return Decision("dwell", restart_window(s, now=now, reason=why), why)
     if state.step_index >= len(steps) - 1:
         why = f"all {len(steps)} steps passed analysis"
         s = _record(replace(state, inconclusive=0), analysis, now, "promote")
@@ -228,15 +220,7 @@ def decide(state: RolloutState, analysis: StepAnalysis, *, now: float) -> Decisi
     nxt = state.step_index + 1
     why = f"step {state.step_index + 1} passed; advancing to {steps[nxt]}%"
     s = _record(replace(state, inconclusive=0), analysis, now, "advance")
-    s = replace(
-        s,
-        step_index=nxt,
-        weight=steps[nxt],
-        step_started_at=now,
-        window_started_at=now,
-        updated_at=now,
-        reason=why,
-    )
+    s = restart_window(s, now=now, reason=why, step_index=nxt, weight=steps[nxt])
     return Decision("advance", s, why)
 
 
@@ -267,28 +251,20 @@ def pause(state: RolloutState, *, reason: str, now: float) -> RolloutState:
 
 def resume(state: RolloutState, *, now: float) -> RolloutState:
     """Resume re-measures the current step from now: the paused time is not analysed."""
-    return replace(
-        state,
-        phase="Progressing",
-        reason="resumed",
-        step_started_at=now,
-        window_started_at=now,
-        updated_at=now,
-    )
+    return restart_window(state, now=now, reason="resumed", phase="Progressing")
 
 
-def restart_window(state: RolloutState, *, now: float, reason: str) -> RolloutState:
-    return replace(state, step_started_at=now, window_started_at=now, updated_at=now, reason=reason)
+def restart_window(state: RolloutState, *, now: float, reason: str, **changes: Any) -> RolloutState:
+    """A new analysis window at the current weight from ``now`` (plus ``changes``)."""
+    fields: dict[str, Any] = {
+        "step_started_at": now,
+        "window_started_at": now,
+        "updated_at": now,
+        "reason": reason,
+    }
+    return replace(state, **{**fields, **changes})
 
 
 def wait_for_gate(state: RolloutState, *, now: float, since: float, reason: str) -> RolloutState:
     """A gate said no: hold the weight, measure a fresh window, remember since when we wait."""
-    return replace(
-        state,
-        phase="Waiting",
-        waiting_since=since,
-        step_started_at=now,
-        window_started_at=now,
-        updated_at=now,
-        reason=reason,
-    )
+    return restart_window(state, now=now, reason=reason, phase="Waiting", waiting_since=since)
