@@ -145,15 +145,12 @@ def _controller(
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
 
-    def provider_for(spec: Any) -> Any:
-        if prometheus_url:
-            spec = spec.model_copy(update={"url": prometheus_url.rstrip("/")})
-        return get_provider(spec)
-
+    # --prometheus-url reaches every spec through AnalysisPolicy.with_prometheus_url (here
+    # for promote's policy, in Controller.policy_of for stored ones, in reconcile's start)
     ctl = Controller(
         kube=kube,
         router=get_router("istio", kube),
-        provider_for=provider_for,
+        provider_for=get_provider,
         prometheus_url=prometheus_url,
         progress=progress,
         should_stop=lambda: stop["flag"],

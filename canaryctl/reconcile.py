@@ -119,9 +119,9 @@ def _start(ctl: Controller, vs: dict[str, Any]) -> Outcome:
     app = ann.get("canaryctl.io/app") or infer_app(vs)
     if not app:
         raise InputError(f"{PROMOTE_ANNOTATION}: cannot tell the app of {name}")
-    policy = policy_from_config_map(ctl, ns, ann.get(POLICY_ANNOTATION))
-    if ctl.prometheus_url:
-        policy = policy.with_prometheus_url(ctl.prometheus_url)
+    policy = policy_from_config_map(ctl, ns, ann.get(POLICY_ANNOTATION)).with_prometheus_url(
+        ctl.prometheus_url
+    )
     res = operations.promote(
         ctl,
         app=app,
