@@ -17,7 +17,6 @@ import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from canaryctl import operations
 from canaryctl.controller import Controller
 from canaryctl.errors import CanaryctlError
 from canaryctl.leases import Lease
@@ -174,18 +173,15 @@ class Daemon:
         started = time.monotonic()
         try:
             report = reconcile(self.ctl, namespace=self.namespace)
-            if report.infra_errors:
-                self.metrics.errors.inc()
-        except CanaryctlError as exc:
+        except CanaryctlError as exc:  # e.g. the LIST failed: nothing to report on
             self.metrics.errors.inc()
             log.error("reconcile.failed", error=exc.message)
+            return
         finally:
             self.metrics.duration.observe(time.monotonic() - started)
-        try:
-            states = operations.list_rollouts(self.ctl, namespace=self.namespace)
-        except CanaryctlError as exc:
-            log.error("list.failed", error=exc.message)
-            return
+        if report.infra_errors:
+            self.metrics.errors.inc()
+        states = report.states
         self.metrics.observe(states)
         for s in states:
             key = (s.namespace, s.virtual_service, s.finished_at or 0.0)

@@ -34,6 +34,7 @@ class Outcome:
     detail: str = ""
     phase: str | None = None
     weight: int | None = None
+    state: RolloutState | None = field(default=None, repr=False)  # not in the JSON output
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -51,6 +52,8 @@ class Outcome:
 class Report:
     outcomes: list[Outcome] = field(default_factory=list)
     infra_errors: int = 0
+    # every rollout seen (ended ones too), as it stands after the pass: the daemon's metrics
+    states: list[RolloutState] = field(default_factory=list)
 
     @property
     def exit_code(self) -> int:
@@ -109,6 +112,7 @@ def _outcome(state: RolloutState, action: str, detail: str) -> Outcome:
         detail,
         state.phase,
         state.weight,
+        state,
     )
 
 
@@ -174,6 +178,8 @@ def reconcile(ctl: Controller, *, namespace: str | None) -> Report:
             if (state is None or not state.active) and PROMOTE_ANNOTATION in ann:
                 outcome = _start(ctl, vs)
             elif state is None or not state.active:
+                if state is not None:
+                    report.states.append(state)
                 continue
             else:
                 outcome = _advance(ctl, state, ctl.clock())
@@ -193,4 +199,7 @@ def reconcile(ctl: Controller, *, namespace: str | None) -> Report:
             ctl.event(vs, "ReconcileError", exc.message, warning=True)
         log.info("reconciled", **outcome.to_dict())
         report.outcomes.append(outcome)
+        latest = outcome.state or read_state(vs)
+        if latest is not None:
+            report.states.append(latest)
     return report
