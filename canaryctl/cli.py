@@ -10,6 +10,7 @@ import atexit
 import json
 import signal
 import sys
+import threading
 from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
@@ -128,17 +129,20 @@ def _controller(
     context: str | None,
     prometheus_url: str | None,
     progress: Callable[..., None] | None = None,
+    stop: threading.Event | None = None,
 ) -> Any:
+    """The controller of one command. SIGTERM and SIGINT set ``stop`` (given by ``run``,
+    whose daemon waits on it; made here otherwise), which ``should_stop`` reads."""
     from canaryctl.controller import Controller
     from canaryctl.kube import KubeClient
     from canaryctl.mesh._base import get_router
     from canaryctl.metrics._base import get_provider
 
     kube = KubeClient.connect(kubeconfig=kubeconfig, context=context)
-    stop = {"flag": False}
+    stopped = stop if stop is not None else threading.Event()
 
     def on_signal(signum: int, _frame: Any) -> None:
-        stop["flag"] = True
+        stopped.set()
 
     # SIGTERM and SIGINT stop at the next wait point: a patch in flight completes (each is
     # atomic), the rollout stays in the cluster for another process to continue (exit 130).
@@ -153,7 +157,7 @@ def _controller(
         provider_for=get_provider,
         prometheus_url=prometheus_url,
         progress=progress,
-        should_stop=lambda: stop["flag"],
+        should_stop=stopped.is_set,
     )
     atexit.register(ctl.notifier.flush, 10.0)  # deliver queued notifications before exiting
     return ctl
@@ -353,8 +357,6 @@ def run_cmd(
     """Daemon mode: reconcile in a loop with leader election, health checks and metrics."""
 
     def body() -> int:
-        import threading
-
         from canaryctl.daemon import Daemon
         from canaryctl.policy import parse_duration
 
@@ -364,15 +366,8 @@ def run_cmd(
             raise UsageError(f"--interval: {exc}") from None
         if every <= 0:
             raise UsageError(f"--interval: must be positive, got {interval!r}")
-        ctl = _controller(kubeconfig, context, prometheus_url)
         stop = threading.Event()
-
-        def on_signal(signum: int, _frame: Any) -> None:
-            stop.set()
-
-        signal.signal(signal.SIGTERM, on_signal)
-        signal.signal(signal.SIGINT, on_signal)
-        ctl.should_stop = stop.is_set
+        ctl = _controller(kubeconfig, context, prometheus_url, stop=stop)
         try:
             daemon = Daemon(
                 ctl,
