@@ -191,20 +191,14 @@ class Controller:
             self.hooks.post_rollout(after, outcome)
 
     def _target(self, state: RolloutState, vs: dict[str, Any], canary: str | None) -> Target:
-        if canary is not None:
-            return find_target(
-                [vs],
-                app=state.app,
-                namespace=state.namespace,
-                vs_name=state.virtual_service,
-                canary=canary,
-            )
+        """The rollout's split in ``vs``: by its recorded destinations, or ``canary``."""
         return find_target(
             [vs],
             app=state.app,
             namespace=state.namespace,
             vs_name=state.virtual_service,
-            known=destinations(state),
+            canary=canary,
+            known=None if canary is not None else destinations(state),
         )
 
     # --- one analysis -----------------------------------------------------------------------

@@ -85,10 +85,17 @@ def from_state(state: RolloutState, app: str) -> Result:
 
 
 def locate(
-    ctl: Controller, *, app: str, namespace: str, vs_name: str | None
+    ctl: Controller,
+    *,
+    app: str,
+    namespace: str,
+    vs_name: str | None,
+    candidates: list[dict[str, Any]] | None = None,
 ) -> tuple[dict[str, Any] | None, RolloutState | None]:
-    """The VirtualService carrying this app's rollout state, if any (active ones first)."""
-    candidates = [ctl.router.read(namespace, vs_name)] if vs_name else ctl.router.list(namespace)
+    """The VirtualService carrying this app's rollout state, if any (active ones first),
+    among ``candidates`` (read now if None)."""
+    if candidates is None:
+        candidates = ctl.router.candidates(namespace, vs_name)
     found: list[tuple[dict[str, Any], RolloutState]] = []
     for vs in candidates:
         st = read_state(vs)
@@ -111,7 +118,8 @@ def promote(
     force: bool = False,
 ) -> Result:
     """Start a rollout (or attach to the one in progress) and follow it to its end."""
-    vs, state = locate(ctl, app=app, namespace=namespace, vs_name=vs_name)
+    candidates = ctl.router.candidates(namespace, vs_name)
+    _, state = locate(ctl, app=app, namespace=namespace, vs_name=vs_name, candidates=candidates)
     if state is not None and state.active:
         if canary and canary not in (state.canary.get("subset"), state.canary.get("host")):
             raise UsageError(
@@ -125,12 +133,14 @@ def promote(
         if not wait:
             return Result("in_progress", app, namespace, EXIT_OK, state, state.reason)
         log.info("attach", vs=state.virtual_service, phase=state.phase, weight=state.weight)
-        return _run(ctl, state, app, attach=True)
+        return _follow(ctl, state, app)
     if force:
         raise RolloutStateError(f"--force: no rollout of {app} in progress in {namespace}")
 
     _check_url_files(policy)
-    target, vs = ctl.router.find(app=app, namespace=namespace, vs_name=vs_name, canary=canary)
+    target, vs = ctl.router.find(
+        app=app, namespace=namespace, vs_name=vs_name, canary=canary, candidates=candidates
+    )
     workloads = ctl.router.preflight(target)
     spec = policy.spec
     provider = ctl.provider_for(spec.prometheus)
@@ -194,7 +204,7 @@ def promote(
             lease.release()
             if exc.state is None:
                 raise
-            return _run(ctl, exc.state, app, attach=True)
+            return _follow(ctl, exc.state, app)
         ctl.event(
             written,
             "RolloutStarted",
@@ -244,12 +254,13 @@ def _attach_existing(ctl: Controller, *, app: str, namespace: str, vs_name: str)
     _, state = locate(ctl, app=app, namespace=namespace, vs_name=vs_name)
     if state is None:
         raise RolloutStateError(f"another process is starting a rollout of {app}; try again")
-    return _run(ctl, state, app, attach=True)
+    return _follow(ctl, state, app)
 
 
-def _run(ctl: Controller, state: RolloutState, app: str, *, attach: bool) -> Result:
+def _follow(ctl: Controller, state: RolloutState, app: str) -> Result:
+    """Attach to a rollout in progress (driving it once its lease is free) until it ends."""
     try:
-        final = ctl.follow(state) if attach else ctl.drive(state, None)
+        final = ctl.follow(state)
     except Interrupted:
         return _interrupted(ctl, state, app)
     return from_state(final, app)
@@ -332,12 +343,15 @@ def resume(ctl: Controller, *, app: str, namespace: str, vs_name: str | None) ->
 def rollback(ctl: Controller, *, app: str, namespace: str, vs_name: str | None) -> Result:
     """All traffic to stable now. With a rollout in progress its state records the rollback;
     without one, the split route found by weight is set to stable 100 / canary 0."""
-    _, state = locate(ctl, app=app, namespace=namespace, vs_name=vs_name)
+    candidates = ctl.router.candidates(namespace, vs_name)
+    _, state = locate(ctl, app=app, namespace=namespace, vs_name=vs_name, candidates=candidates)
     if state is not None and state.active:
         new = rollout.rollback(state, reason="rolled back by operator", now=ctl.clock())
         new = _operate(ctl, state, new, "RolledBack", True)
         return Result("rolled_back", app, namespace, EXIT_OK, new, new.reason)
-    target, vs = ctl.router.find(app=app, namespace=namespace, vs_name=vs_name, canary=None)
+    target, vs = ctl.router.find(
+        app=app, namespace=namespace, vs_name=vs_name, canary=None, candidates=candidates
+    )
     if target.canary_weight == 0:
         return Result("rolled_back", app, namespace, EXIT_OK, state, "traffic already on stable")
     ctl.router.write(target, vs, canary_weight=0, annotations={})
@@ -346,12 +360,15 @@ def rollback(ctl: Controller, *, app: str, namespace: str, vs_name: str | None) 
 
 
 def status(ctl: Controller, *, app: str, namespace: str, vs_name: str | None) -> Result:
-    _, state = locate(ctl, app=app, namespace=namespace, vs_name=vs_name)
+    candidates = ctl.router.candidates(namespace, vs_name)
+    _, state = locate(ctl, app=app, namespace=namespace, vs_name=vs_name, candidates=candidates)
     if state is not None:
         res = from_state(state, app)
         res.exit_code = EXIT_OK
         return res
-    target, vs = ctl.router.find(app=app, namespace=namespace, vs_name=vs_name, canary=None)
+    target, vs = ctl.router.find(
+        app=app, namespace=namespace, vs_name=vs_name, canary=None, candidates=candidates
+    )
     return Result(
         "no_rollout",
         app,

@@ -7,6 +7,8 @@ today; Linkerd or Gateway API would be one module here and one line in ``get_rou
 
 from __future__ import annotations
 
+import builtins
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -26,6 +28,8 @@ class TrafficRouter(Protocol):
 
     def list(self, namespace: str | None) -> list[dict[str, Any]]: ...
 
+    def candidates(self, namespace: str, vs_name: str | None) -> builtins.list[dict[str, Any]]: ...
+
     def find(
         self,
         *,
@@ -34,7 +38,10 @@ class TrafficRouter(Protocol):
         vs_name: str | None,
         canary: str | None,
         known: tuple[Destination, Destination] | None = None,
-    ) -> tuple[Target, dict[str, Any]]: ...
+        candidates: Sequence[dict[str, Any]] | None = None,
+    ) -> tuple[Target, dict[str, Any]]:
+        """The split to drive among ``candidates`` (fetched by ``candidates()`` if None)."""
+        ...
 
     def preflight(self, target: Target) -> Workloads: ...
 

@@ -6,6 +6,7 @@ in ``routes.py``; this module only reads the objects they need and writes the pa
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Sequence
 from typing import Any
 
@@ -31,6 +32,17 @@ class IstioRouter:
     def list(self, namespace: str | None) -> list[dict[str, Any]]:
         return self.kube.list_istio("virtualservices", namespace)
 
+    def candidates(self, namespace: str, vs_name: str | None) -> builtins.list[dict[str, Any]]:
+        """The VirtualService named ``vs_name``, or all of the namespace."""
+        if vs_name:
+            return [self.read(namespace, vs_name)]
+        try:
+            return self.list(namespace)
+        except NotFoundError:
+            raise TargetNotFoundError(
+                f"namespace {namespace!r} has no VirtualServices (is Istio installed?)"
+            ) from None
+
     def find(
         self,
         *,
@@ -39,16 +51,10 @@ class IstioRouter:
         vs_name: str | None,
         canary: str | None,
         known: tuple[Destination, Destination] | None = None,
+        candidates: Sequence[dict[str, Any]] | None = None,
     ) -> tuple[Target, dict[str, Any]]:
-        if vs_name:
-            candidates = [self.read(namespace, vs_name)]
-        else:
-            try:
-                candidates = self.list(namespace)
-            except NotFoundError:
-                raise TargetNotFoundError(
-                    f"namespace {namespace!r} has no VirtualServices (is Istio installed?)"
-                ) from None
+        if candidates is None:
+            candidates = self.candidates(namespace, vs_name)
         target = routes.find_target(
             candidates, app=app, namespace=namespace, vs_name=vs_name, canary=canary, known=known
         )
