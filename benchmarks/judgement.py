@@ -806,9 +806,9 @@ class SimProvider:
 
     def bucket_counts(
         self, *, namespace: str, workload: str, start: float, end: float
-    ) -> tuple[dict[float, float], dict[float, float]]:
+    ) -> dict[float, float]:
         cum = np.cumsum(self.log[-1][2 + self._side(workload, start, end)])
-        return {}, {le: float(x) for le, x in zip((*ISTIO_BUCKETS_MS, math.inf), cum, strict=True)}
+        return {le: float(x) for le, x in zip((*ISTIO_BUCKETS_MS, math.inf), cum, strict=True)}
 
 
 def _quiet_product_logs() -> None:

@@ -67,9 +67,9 @@ def measure_counts(
             ("canary", state.canary_workload),
             ("stable", state.stable_workload),
         ):
-            b0, b1 = provider.bucket_counts(namespace=ns, workload=workload, start=start, end=now)
+            inc = provider.bucket_counts(namespace=ns, workload=workload, start=start, end=now)
             try:
-                n, slow = slow_counts(b0, b1, slo) if b1 else (0, 0)
+                n, slow = slow_counts(inc, slo) if inc else (0, 0)
             except ValueError:
                 n, slow = 0, 0
             entry[f"{side}_slow_requests"] = n

@@ -376,10 +376,10 @@ def counter_increase(start: float | None, end: float | None) -> float:
     return end - start
 
 
-def slow_counts(
-    buckets_start: Mapping[float, float], buckets_end: Mapping[float, float], slo_ms: float
-) -> tuple[int, int]:
-    """(requests, slow requests) of one step from cumulative histogram buckets (``le`` -> count).
+def slow_counts(increases: Mapping[float, float], slo_ms: float) -> tuple[int, int]:
+    """(requests, slow requests) of one window from the increases of the cumulative histogram
+    buckets over the window (``le`` -> count; counter resets already accounted for, as
+    ``PrometheusProvider.bucket_counts`` does per series).
 
     Latency is judged as a *share of slow requests* fed to the same sequential test as errors,
     rather than by a test on the whole histogram: it reuses one calibrated test, works on Istio's
@@ -389,18 +389,14 @@ def slow_counts(
     "Slow" means above the largest finite bucket bound ``<= slo_ms``. With a bound below the SLO,
     requests between it and the SLO count as slow: the share is over-estimated, never
     under-estimated, and both versions are measured the same way, so the relative test stays valid.
-    ``math.inf`` (``le="+Inf"``) must be present: it is the request count. If any bucket went down
-    the histogram was reset and the end values are taken as the increase (for every bucket, so the
-    buckets stay consistent). Raises ``ValueError`` if ``slo_ms`` is below every finite bound.
+    ``math.inf`` (``le="+Inf"``) must be present: it is the request count. Raises
+    ``ValueError`` without it, or if ``slo_ms`` is below every finite bound.
     """
-    if math.inf not in buckets_end:
+    if math.inf not in increases:
         raise ValueError("histogram has no +Inf bucket")
-    bounds = [b for b in buckets_end if math.isfinite(b) and b <= slo_ms]
+    bounds = [b for b in increases if math.isfinite(b) and b <= slo_ms]
     if not bounds:
         raise ValueError(f"slo_ms={slo_ms} is below the smallest histogram bucket")
-    bound = max(bounds)
-    reset = any(v < buckets_start.get(le, 0.0) for le, v in buckets_end.items())
-    start: Mapping[float, float] = {} if reset else buckets_start
-    total = counter_increase(start.get(math.inf), buckets_end[math.inf])
-    fast = min(total, counter_increase(start.get(bound), buckets_end[bound]))
+    total = max(0.0, increases[math.inf])
+    fast = min(total, max(0.0, increases[max(bounds)]))
     return (round(total), round(total - fast))

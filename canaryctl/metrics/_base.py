@@ -52,8 +52,8 @@ class MetricsProvider(Protocol):
 
     def bucket_counts(
         self, *, namespace: str, workload: str, start: float, end: float
-    ) -> tuple[dict[float, float], dict[float, float]]:
-        """Cumulative latency-bucket counters (le -> count) at ``start`` and at ``end``."""
+    ) -> dict[float, float]:
+        """Increase of each cumulative latency bucket (le -> count) from ``start`` to ``end``."""
         ...
 
 

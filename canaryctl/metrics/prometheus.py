@@ -329,10 +329,9 @@ class PrometheusProvider:
 
     def bucket_counts(
         self, *, namespace: str, workload: str, start: float, end: float
-    ) -> tuple[dict[float, float], dict[float, float]]:
-        """Latency-bucket increases (le -> count) in the window, summed over series, returned
-        as (start, end) cumulative counters with a zero start (the form ``stats.slow_counts``
-        takes)."""
+    ) -> dict[float, float]:
+        """Latency-bucket increases (le -> count) in the window, summed over series (each
+        series reset-aware, see ``_increases``)."""
         inc: dict[float, float] = {}
         for labels, v in self._increases(
             f"istio_request_duration_milliseconds_bucket{{{selector(namespace, workload)}}}",
@@ -341,7 +340,7 @@ class PrometheusProvider:
         ):
             le = float(labels.get("le", "inf").replace("+Inf", "inf"))
             inc[le] = inc.get(le, 0.0) + v
-        return {}, inc
+        return inc
 
 
 def _matrix(data: dict[str, Any]) -> list[tuple[dict[str, str], list[tuple[float, float]]]]:
