@@ -119,7 +119,9 @@ class PrometheusProvider:
         self.timeout = parse_duration(spec.timeout)
         self.retry_seconds = parse_duration(spec.retryBudget)
         self.session = session or requests.Session()
-        self._answers: dict[tuple[str, float], tuple[float | None, str | None]] = {}
+        # the canary's request count by (query, evaluation time): every metric of one analysis
+        # needs it, and it is asked once (a provider serves one analysis, see Controller)
+        self._request_counts: dict[tuple[str, float | None], tuple[float | None, str | None]] = {}
         self.session.headers.update(spec.headers)
         # passed with every request: a session-level setting loses to REQUESTS_CA_BUNDLE
         self.verify: bool | str = (
@@ -225,17 +227,7 @@ class PrometheusProvider:
         return data
 
     def scalar(self, promql: str, *, at: float | None = None) -> tuple[float | None, str | None]:
-        """One number, or (None, why) for an empty answer or several series. Answers at a fixed
-        evaluation time are remembered: every metric of one analysis needs the same request
-        count, which is asked once."""
-        if at is not None and (promql, at) in self._answers:
-            return self._answers[(promql, at)]
-        answer = self._scalar(promql, at)
-        if at is not None:
-            self._answers[(promql, at)] = answer
-        return answer
-
-    def _scalar(self, promql: str, at: float | None) -> tuple[float | None, str | None]:
+        """One number, or (None, why) for an empty answer or several series."""
         samples = self.query(promql, at=at)
         if not samples:
             return None, "no data"
@@ -280,7 +272,9 @@ class PrometheusProvider:
         req_q = builtin_query(
             "request-count", namespace=ctx.namespace, workload=ctx.canary_workload, window=window
         )
-        requests_value, req_note = self.scalar(req_q, at=ctx.at)
+        if ctx.at is None or (req_q, ctx.at) not in self._request_counts:
+            self._request_counts[(req_q, ctx.at)] = self.scalar(req_q, at=ctx.at)
+        requests_value, req_note = self._request_counts[(req_q, ctx.at)]
         canary, note = self.scalar(self.render(metric, ctx, ctx.canary_workload), at=ctx.at)
         stable, _ = self.scalar(self.render(metric, ctx, ctx.stable_workload), at=ctx.at)
         if requests_value is None and req_note != "no data":  # e.g. several series: say so

@@ -9,8 +9,10 @@ import ssl
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs
 
 import pytest
 import structlog
@@ -111,6 +113,35 @@ def test_label_values_cannot_change_the_query() -> None:
     with pytest.raises(PolicyError):
         builtin_query("request-count", namespace="ns", workload="w\n", window="5s")
     assert promql_string('a"b\\c') == '"a\\"b\\\\c"'
+
+
+def test_request_count_is_asked_once_per_analysis_time() -> None:
+    """Every metric of one analysis (fixed evaluation time) needs the canary's request count:
+    it is queried once; the metrics' own queries are not reused, and without a fixed time
+    nothing is."""
+    with RecordingServer() as server:
+        server.script("/api/v1/query", [200], body=ANSWER)
+        p = PrometheusProvider(PrometheusSpec(url=server.url("").rstrip("/")))
+        at = time.time()
+        ctx = QueryContext(
+            namespace="istio-apl",
+            app="rest-apl",
+            canary_workload="rest-apl-v2",
+            stable_workload="rest-apl-v1",
+            window_seconds=5,
+            at=at,
+        )
+        p.measure(MetricSpec(name="request-success-rate", min=99), ctx)
+        p.measure(MetricSpec(name="request-duration", max=500), ctx)
+        count_q = builtin_query(
+            "request-count", namespace="istio-apl", workload="rest-apl-v2", window="5s"
+        )
+        asked = [parse_qs(r.body.decode())["query"][0] for r in server.requests()]
+        assert asked.count(count_q) == 1
+        assert len(asked) == 1 + 2 * 2  # the count, then canary and stable of each metric
+        p.measure(MetricSpec(name="request-success-rate", min=99), replace(ctx, at=None))
+        asked = [parse_qs(r.body.decode())["query"][0] for r in server.requests()]
+        assert asked.count(count_q) == 2
 
 
 def test_bearer_token_is_reread_when_rotated_and_never_logged(tmp_path: Path) -> None:
