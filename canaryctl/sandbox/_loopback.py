@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import threading
 from collections.abc import Awaitable, Callable
-from types import TracebackType
 from typing import Self
 
 import aiohttp.web
@@ -44,12 +43,7 @@ class LoopbackServer:
             raise SandboxError(f"{self._name} failed to start: {self._error!r}")
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *_exc: object) -> None:
         loop, stop = self._loop, self._stop
         if loop is not None and stop is not None and not loop.is_closed():
             with contextlib.suppress(RuntimeError):  # the loop closed in between

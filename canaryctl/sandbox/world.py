@@ -12,7 +12,6 @@ import shutil
 import tempfile
 from contextlib import ExitStack
 from pathlib import Path
-from types import TracebackType
 from typing import Self, TypeVar
 
 from canaryctl.sandbox import load_manifests, manifests_dir
@@ -84,12 +83,7 @@ class Sandbox:
             raise
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *_exc: object) -> None:
         self._stack.close()
 
     def wait_ready(self, timeout: float = 30.0) -> None:

@@ -21,7 +21,6 @@ import tempfile
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Self
 
 
@@ -54,12 +53,7 @@ class Zygote:
             raise RuntimeError(f"the canaryctl zygote did not start: {ready!r}")
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *_exc: object) -> None:
         if self._proc is not None:
             if self._proc.stdin:
                 self._proc.stdin.close()
