@@ -17,7 +17,7 @@ if TYPE_CHECKING:  # imported lazily in the fixtures: unit tests need neither km
 
     from canaryctl.sandbox.emulator import EmulatorServer
 
-SHARED_ISTIO = Path(__file__).resolve().parents[2] / "shared" / "istio"
+ISTIO_DATA = Path(__file__).resolve().parent / "data" / "istio"
 
 
 @pytest.fixture
@@ -45,11 +45,9 @@ def kube_api(emulator: EmulatorServer, tmp_path: Path) -> Iterator[ApiClient]:
 
 
 @pytest.fixture(scope="session")
-def shared_istio() -> Path:
-    """Istio's CRDs and bookinfo samples, from ``../shared/istio`` next to the repository."""
-    if not SHARED_ISTIO.is_dir():
-        pytest.skip(f"Istio reference data not found at {SHARED_ISTIO} (../shared/istio)")
-    return SHARED_ISTIO
+def istio_data() -> Path:
+    """Istio's CRDs and bookinfo samples: the pinned copy under ``tests/data/istio``."""
+    return ISTIO_DATA
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,7 @@
 """Check VirtualServices the way a real API server would, from Istio's own CRD (tests only).
 
-The schema is read once from ``../shared/istio/crd-all.gen.yaml`` (next to the repository; see
-that directory's README). A Kubernetes API server checks a custom resource in four ways, and so
+The schema is read once from the pinned copy ``tests/data/istio/crd-networking.gen.yaml`` (see
+that directory's README for its provenance). A Kubernetes API server checks a custom resource in four ways, and so
 does ``virtual_service_errors``:
 
 1. The structural OpenAPI v3 schema: types, ``required``, ``enum``, ``minimum``/``maximum`` and
@@ -32,8 +32,8 @@ from typing import Any
 import jsonschema
 import yaml
 
-ISTIO_DIR = Path(__file__).resolve().parents[2] / "shared" / "istio"
-CRD_FILE = ISTIO_DIR / "crd-all.gen.yaml"
+ISTIO_DIR = Path(__file__).resolve().parent / "data" / "istio"
+CRD_FILE = ISTIO_DIR / "crd-networking.gen.yaml"
 VERSIONS = ("v1", "v1beta1", "v1alpha3")
 
 _DURATION_RULE = "duration(self) >= duration('1ms')"
@@ -115,7 +115,7 @@ def _nullable(schema: Any) -> Any:
 def _schemas() -> dict[tuple[str, str], dict[str, Any]]:
     """(plural, version) -> openAPIV3Schema of every networking.istio.io CRD."""
     if not CRD_FILE.is_file():
-        raise FileNotFoundError(f"Istio CRDs not found at {CRD_FILE} (see the shared/istio README)")
+        raise FileNotFoundError(f"Istio CRDs not found at {CRD_FILE} (the pinned copy under tests/data/istio)")
     found = {}
     with CRD_FILE.open() as fh:
         for doc in yaml.load_all(fh, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)):

@@ -440,14 +440,14 @@ def test_unknown_resources_are_404_and_discovery_lists_istio(emulator: EmulatorS
 
 
 def test_istio_bookinfo_samples_load_and_read_back(
-    shared_istio: Path, emulator: EmulatorServer
+    istio_data: Path, emulator: EmulatorServer
 ) -> None:
     """Istio's own sample VirtualServices/DestinationRules are accepted as they are."""
     docs = []
     for name in ("virtual-service-reviews-80-20.yaml", "destination-rule-reviews.yaml"):
         docs += [
             d
-            for d in yaml.safe_load_all((shared_istio / "bookinfo-networking" / name).read_text())
+            for d in yaml.safe_load_all((istio_data / "bookinfo-networking" / name).read_text())
             if d
         ]
     emulator.apply(docs)

@@ -9,7 +9,7 @@ has neither) is checked the way an API server would check it, offline:
   in its wheel (strict: an unknown field fails, as ``kubectl apply``'s strict field validation
   would reject it);
 - Istio kinds against the ``openAPIV3Schema`` of Istio's own CRDs in
-  ``../shared/istio/crd-all.gen.yaml``: VirtualServices with the shared helper
+  ``tests/data/istio`` (a pinned copy): VirtualServices with the shared helper
   ``tests/istio_schema.py``, DestinationRules and Gateways with the small loader below.
 
 The validation tests run with sockets disabled, so a schema that would be fetched from the
@@ -40,8 +40,6 @@ from tests.istio_schema import validate_virtual_service
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples"
-# tests/integration/<this file>: parents[3] is the directory that holds the repository.
-ISTIO_CRDS = Path(__file__).resolve().parents[3] / "shared" / "istio" / "crd-all.gen.yaml"
 KUBERNETES_VERSION = "1.30"
 ISTIO_GROUP = "networking.istio.io"
 ISTIO_PLURALS = {
