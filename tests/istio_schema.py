@@ -1,8 +1,8 @@
 """Check VirtualServices the way a real API server would, from Istio's own CRD (tests only).
 
 The schema is read once from the pinned copy ``tests/data/istio/crd-networking.gen.yaml`` (see
-that directory's README for its provenance). A Kubernetes API server checks a custom resource in four ways, and so
-does ``virtual_service_errors``:
+that directory's README for its provenance). A Kubernetes API server checks a custom resource in
+four ways, and so does ``virtual_service_errors``:
 
 1. The structural OpenAPI v3 schema: types, ``required``, ``enum``, ``minimum``/``maximum`` and
    the ``oneOf``/``anyOf``/``not`` Istio uses for "at most one of exact/prefix/regex". Checked
@@ -115,7 +115,7 @@ def _nullable(schema: Any) -> Any:
 def _schemas() -> dict[tuple[str, str], dict[str, Any]]:
     """(plural, version) -> openAPIV3Schema of every networking.istio.io CRD."""
     if not CRD_FILE.is_file():
-        raise FileNotFoundError(f"Istio CRDs not found at {CRD_FILE} (the pinned copy under tests/data/istio)")
+        raise FileNotFoundError(f"Istio CRDs not found at {CRD_FILE} (pinned under tests/data)")
     found = {}
     with CRD_FILE.open() as fh:
         for doc in yaml.load_all(fh, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)):
