@@ -70,18 +70,15 @@ PromOpt = Annotated[
 LogOpt = Annotated[Level, typer.Option("--log-level", help="Log level (logs go to stderr)")]
 
 
-_DNS_SUBDOMAIN = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*"
-
-
 def _check_names(names: dict[str, str | None]) -> None:
     """Names reach the API (URL paths) and PromQL (label values): accept only what Kubernetes
     accepts (DNS-1123), so a quote, brace, newline or regex metacharacter never gets that far."""
-    import re
+    from canaryctl.names import is_subdomain
 
     for flag, value in names.items():
         if value is None:
             continue
-        if len(value) > 253 or not re.fullmatch(_DNS_SUBDOMAIN, value):
+        if not is_subdomain(value):
             shown = json.dumps(value)[:80]
             raise UsageError(
                 f"{flag}: must be a Kubernetes name (lower-case a-z, 0-9, '-', '.'), got {shown}"

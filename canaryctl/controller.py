@@ -32,14 +32,21 @@ from canaryctl.errors import (
     RolloutStateError,
     TargetNotFoundError,
 )
-from canaryctl.hooks import GateKind, HookRunner, as_failed_checks, outcome_of
+from canaryctl.hooks import HookRunner, as_failed_checks
 from canaryctl.kube import KubeClient
 from canaryctl.leases import Lease, default_duration, identity, lease_name
 from canaryctl.mesh._base import TrafficRouter
 from canaryctl.mesh.routes import Destination, Target, find_target
 from canaryctl.metrics._base import MetricsProvider, QueryContext
 from canaryctl.policy import AnalysisPolicy, PrometheusSpec, parse_policy
-from canaryctl.rollout import ANNOTATION, POLICY_ANNOTATION, PROMOTE_ANNOTATION, RolloutState
+from canaryctl.policy_hooks import GateKind
+from canaryctl.rollout import (
+    ANNOTATION,
+    POLICY_ANNOTATION,
+    PROMOTE_ANNOTATION,
+    RolloutState,
+    outcome_of,
+)
 
 log = structlog.get_logger("canaryctl.controller")
 ProgressFn = Callable[[RolloutState, float], None]

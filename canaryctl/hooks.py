@@ -38,76 +38,40 @@ state and a rotated Secret is picked up. A ``urlFile`` that cannot be read is a 
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal, Protocol, get_args
-from urllib.parse import urlsplit
+from typing import TYPE_CHECKING, Any
 
 import requests
 import structlog
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt
 from tenacity import wait_exponential as backoff
 
-if TYPE_CHECKING:  # runtime imports would be circular: policy.py imports the spec models
+from canaryctl.policy_base import parse_duration as seconds
+from canaryctl.policy_hooks import (
+    GATE_KINDS,
+    HOOK_TYPES,
+    GateKind,
+    NotifySpec,
+    UrlSource,
+    WebhookSpec,
+    check_url,
+    endpoint,
+)
+from canaryctl.rollout import OUTCOMES, PHASES, Outcome, outcome_of
+
+if TYPE_CHECKING:
     from canaryctl.analysis import MetricResult
     from canaryctl.rollout import RolloutState
 
 log = structlog.get_logger("canaryctl.hooks")
 
-HookType = Literal[
-    "pre-rollout", "rollout", "confirm-step", "confirm-promotion", "rollback", "post-rollout"
-]
-GateKind = Literal["confirm-step", "confirm-promotion"]
-Outcome = Literal["promoted", "rolled_back", "failed"]
-HOOK_TYPES: tuple[str, ...] = get_args(HookType)
-GATE_KINDS: tuple[str, ...] = get_args(GateKind)
-OUTCOMES: tuple[str, ...] = get_args(Outcome)
-PHASES = ("Progressing", "Waiting", "Paused", "Promoted", "RolledBack", "Failed")
-_NAME_RE = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
-_USERINFO_RE = re.compile(r"//[^/@\s]*@")
 _UA = {"User-Agent": "canaryctl"}
 # No redirects (a redirect is not an approval); the body is never read (stream).
 _POST: dict[str, Any] = {"allow_redirects": False, "stream": True, "headers": _UA}
 Session = requests.Session
-SPEC_CONFIG = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)  # as policy.py
-Duration = Annotated[str, Field(description="Duration: 500ms, 4s, 30s, 1m, 1h, 1m30s")]
-
-
-def seconds(text: str) -> float:
-    from canaryctl import policy  # lazy: policy.py imports this module
-
-    return policy.parse_duration(text)
-
-
-def endpoint(url: str) -> str:
-    """What logs may show of a URL: ``scheme://host:port`` (no credentials, path or query)."""
-    parts = urlsplit(url)
-    return f"{parts.scheme}://{parts.netloc.rpartition('@')[2]}"
-
-
-def check_name(v: str) -> str:
-    if not _NAME_RE.match(v):
-        raise ValueError(f"must be a DNS-1123 label (a-z, 0-9, '-'), got {v!r}")
-    return v
-
-
-def check_url(v: str) -> str:
-    try:
-        parts = urlsplit(v)
-        ok = parts.scheme in ("http", "https") and bool(parts.hostname) and parts.port != 0
-    except ValueError:  # e.g. a non-numeric port
-        ok = False
-    if not ok or re.search(r"\s", v):  # the message must not print a password
-        raise ValueError(f"must be an http(s) URL, got {_USERINFO_RE.sub('//***@', v)[:120]!r}")
-    return v
-
-
-def _check_optional_url(v: str | None) -> str | None:
-    return None if v is None else check_url(v)
 
 
 class UrlFileError(ValueError):
@@ -127,88 +91,12 @@ def read_url_file(path: str) -> str:
         raise UrlFileError(f"{path} does not hold an http(s) URL") from None
 
 
-class UrlSource(BaseModel):
-    """Where a webhook or notification is sent: exactly one of ``url`` and ``urlFile``."""
-
-    model_config = ConfigDict(
-        **SPEC_CONFIG,
-        json_schema_extra={"oneOf": [{"required": ["url"]}, {"required": ["urlFile"]}]},
-    )
-
-    url: str | None = Field(
-        default=None,
-        description="http(s) URL to POST to; stored with the rollout (use urlFile for secrets)",
-    )
-    urlFile: str | None = Field(
-        default=None,
-        min_length=1,
-        description="File holding the URL (e.g. a mounted Secret), read at every call; the "
-        "URL is then never stored in the cluster",
-    )
-
-    _url = field_validator("url")(_check_optional_url)
-
-    @model_validator(mode="after")
-    def _one_source(self) -> UrlSource:
-        if (self.url is None) == (self.urlFile is None):
-            raise ValueError("set exactly one of url and urlFile")
-        return self
-
-    def target_url(self) -> str:
-        """The URL to POST to (``urlFile`` read now). Raises ``UrlFileError``."""
-        if self.url is not None:
-            return self.url
-        assert self.urlFile is not None
-        return read_url_file(self.urlFile)
-
-    def where(self) -> str:
-        """What logs may say about the destination, without reading any file."""
-        return endpoint(self.url) if self.url is not None else f"file:{self.urlFile}"
-
-
-def check_duration(v: str | None) -> str | None:
-    if v is not None and seconds(v) <= 0:
-        raise ValueError(f"must be positive, got {v!r}")
-    return v
-
-
-def unique_names(items: list[Any]) -> list[Any]:
-    names = [i.name for i in items]
-    dupes = sorted({n for n in names if names.count(n) > 1})
-    if dupes:
-        raise ValueError(f"names must be unique, got duplicates {dupes}")
-    return items
-
-
-class WebhookSpec(UrlSource):
-    """One webhook of the policy (``spec.webhooks[]``)."""
-
-    name: str = Field(description="DNS-1123 label, unique among the webhooks; shown in logs")
-    type: HookType = Field(
-        description="pre-rollout / rollout: checks; confirm-step / confirm-promotion: gates; "
-        "rollback: a 2xx answer rolls back; post-rollout: told the outcome"
-    )
-    timeout: Duration = Field(default="10s", description="Timeout of one attempt")
-    retries: int = Field(default=2, ge=0, le=10, description="Extra attempts on errors and 5xx")
-    maxWait: Duration | None = Field(
-        default=None,
-        description="Gates only: when the gate has not answered 2xx for this long at one "
-        "step, the rollout is rolled back; unset: wait as long as it takes",
-    )
-    metadata: dict[str, str] = Field(default_factory=dict, description="Sent in the payload")
-
-    _name = field_validator("name")(check_name)
-    _durations = field_validator("timeout", "maxWait")(check_duration)
-
-    @model_validator(mode="after")
-    def _gate_only(self) -> WebhookSpec:
-        if self.maxWait is not None and self.type not in GATE_KINDS:
-            raise ValueError(f"webhook {self.name}: maxWait is for gates only, not {self.type}")
-        return self
-
-
-# What PolicySpec declares: ``webhooks: Webhooks = Field(default_factory=list, ...)``.
-Webhooks = Annotated[list[WebhookSpec], AfterValidator(unique_names)]
+def target_url(source: UrlSource) -> str:
+    """The URL to POST to (``urlFile`` read now). Raises ``UrlFileError``."""
+    if source.url is not None:
+        return source.url
+    assert source.urlFile is not None
+    return read_url_file(source.urlFile)
 
 
 def specs_from_policy(policy: dict[str, Any]) -> list[WebhookSpec]:
@@ -235,11 +123,6 @@ class GateResult:
 
 def dest(d: dict[str, str | None]) -> str:
     return f"{d['host']}/{d['subset']}" if d.get("subset") else str(d["host"])
-
-
-def outcome_of(state: RolloutState) -> Outcome | None:
-    found = {"Promoted": "promoted", "RolledBack": "rolled_back", "Failed": "failed"}
-    return found.get(state.phase)  # type: ignore[return-value]
 
 
 def build_payload(
@@ -361,30 +244,15 @@ def post_json(
     return HookResult(ok, status, None if ok else f"HTTP {status}", attempts, name)
 
 
-class Sendable(Protocol):
-    """A webhook or a notification target: where to POST, and how patiently."""
-
-    @property
-    def name(self) -> str: ...
-    @property
-    def type(self) -> str: ...
-    @property
-    def timeout(self) -> str: ...
-    @property
-    def retries(self) -> int: ...
-    def target_url(self) -> str: ...
-    def where(self) -> str: ...
-
-
 def deliver(
-    spec: Sendable, body: Any, *, session: Session | None
+    spec: WebhookSpec | NotifySpec, body: Any, *, session: Session | None
 ) -> tuple[dict[str, Any], HookResult]:
     """POST ``body`` where ``spec`` points (``urlFile`` read now) with its timeout and
     retries. Returns the log label (name, type, endpoint: never the URL) and the result; an
     unreadable ``urlFile`` is a result with 0 attempts. Never raises."""
     label: dict[str, Any] = {"name": spec.name, "type": spec.type, "endpoint": spec.where()}
     try:
-        url = spec.target_url()
+        url = target_url(spec)
     except UrlFileError as exc:
         return label, HookResult(False, None, f"urlFile: {exc}", 0, spec.name)
     label["endpoint"] = endpoint(url)

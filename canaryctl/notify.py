@@ -27,30 +27,19 @@ import queue
 import threading
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Annotated, Any, Literal, get_args
+from typing import TYPE_CHECKING, Any
 
 import requests
 import structlog
-from pydantic import AfterValidator, Field, field_validator
 
-from canaryctl.hooks import (
-    Duration,
-    UrlSource,
-    check_duration,
-    check_name,
-    deliver,
-    describe,
-    dest,
-    unique_names,
-)
+from canaryctl.hooks import deliver, describe, dest
+from canaryctl.policy_hooks import Event, NotifySpec
 
 if TYPE_CHECKING:
     from canaryctl.rollout import RolloutState
 
 log = structlog.get_logger("canaryctl.notify")
 
-Event = Literal["start", "step", "pause", "resume", "rollback", "promotion", "failure"]
-EVENTS: tuple[str, ...] = get_args(Event)
 TITLES = {
     "start": "Rollout started",
     "step": "Canary weight increased",
@@ -62,40 +51,6 @@ TITLES = {
 }
 COLORS = {"pause": "DAA038", "rollback": "D00000", "promotion": "2EB886", "failure": "D00000"}
 BLUE = "439FE0"
-
-
-def _default_events() -> list[Event]:
-    return ["start", "pause", "resume", "rollback", "promotion", "failure"]
-
-
-class NotifySpec(UrlSource):
-    """One notification target of the policy (``spec.notify[]``)."""
-
-    name: str = Field(description="DNS-1123 label, unique among the targets; shown in logs")
-    type: Literal["slack", "teams", "webhook"] = Field(
-        description="slack: incoming webhook; teams: MessageCard; webhook: plain JSON"
-    )
-    timeout: Duration = Field(default="5s", description="Timeout of one attempt")
-    retries: int = Field(default=2, ge=0, le=10, description="Extra attempts on errors and 5xx")
-    events: list[Event] = Field(
-        default_factory=_default_events,
-        description="Events to send: start, step, pause, resume, rollback, promotion, failure "
-        "(default: all but step)",
-    )
-
-    _name = field_validator("name")(check_name)
-    _timeout = field_validator("timeout")(check_duration)
-
-    @field_validator("events")
-    @classmethod
-    def _events(cls, v: list[Event]) -> list[Event]:
-        if not v:
-            raise ValueError("must list at least one event (or remove the target)")
-        return list(dict.fromkeys(v))
-
-
-# What PolicySpec declares: ``notify: Notifications = Field(default_factory=list, ...)``.
-Notifications = Annotated[list[NotifySpec], AfterValidator(unique_names)]
 
 
 def specs_from_policy(policy: dict[str, Any]) -> list[NotifySpec]:

@@ -23,10 +23,11 @@ from canaryctl.errors import (
     RolloutStateError,
     UsageError,
 )
-from canaryctl.hooks import UrlFileError, UrlSource, dest
+from canaryctl.hooks import UrlFileError, dest, target_url
 from canaryctl.mesh.routes import apply_patch, weight_patch, weights_of
 from canaryctl.metrics._base import QueryContext
 from canaryctl.policy import AnalysisPolicy
+from canaryctl.policy_hooks import UrlSource
 from canaryctl.rollout import ANNOTATION, RolloutState
 
 log = structlog.get_logger("canaryctl")
@@ -300,7 +301,7 @@ def _check_url_files(policy: AnalysisPolicy) -> None:
     for where, i, source in sources:
         if source.urlFile is not None:
             try:
-                source.target_url()
+                target_url(source)
             except UrlFileError as exc:
                 raise PolicyError(f"spec.{where}[{i}].urlFile: {exc}") from None
 

@@ -26,12 +26,11 @@ from pydantic import (
 )
 
 from canaryctl.errors import PolicyError
-from canaryctl.hooks import Webhooks
-from canaryctl.notify import Notifications
-from canaryctl.policy_base import NAME_RE as _NAME_RE
+from canaryctl.names import is_label
 from canaryctl.policy_base import Duration, StrictModel
 from canaryctl.policy_base import format_duration as format_duration  # re-exported
 from canaryctl.policy_base import parse_duration as parse_duration  # re-exported
+from canaryctl.policy_hooks import Notifications, Webhooks
 from canaryctl.policy_prometheus import BasicAuthSpec as BasicAuthSpec  # re-exported
 from canaryctl.policy_prometheus import PrometheusSpec as PrometheusSpec  # re-exported
 from canaryctl.policy_prometheus import TLSSpec as TLSSpec  # re-exported
@@ -78,7 +77,7 @@ class MetricSpec(StrictModel):
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
-        if not _NAME_RE.fullmatch(v):
+        if not is_label(v):
             raise ValueError(f"must be a DNS-1123 label (a-z, 0-9, '-'), got {v!r}")
         return v
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from canaryctl.analysis import StepAnalysis
 
@@ -34,6 +34,15 @@ Phase = Literal["Progressing", "Waiting", "Paused", "Promoted", "RolledBack", "F
 ACTIVE_PHASES: tuple[str, ...] = ("Progressing", "Waiting", "Paused")
 ANALYSED_PHASES: tuple[str, ...] = ("Progressing", "Waiting")
 TERMINAL_PHASES: tuple[str, ...] = ("Promoted", "RolledBack", "Failed")
+PHASES: tuple[str, ...] = get_args(Phase)
+# How a finished rollout ended, as webhooks (post-rollout) and notifications say it.
+Outcome = Literal["promoted", "rolled_back", "failed"]
+OUTCOMES: tuple[str, ...] = get_args(Outcome)
+_OUTCOME_OF_PHASE: dict[str, Outcome] = {
+    "Promoted": "promoted",
+    "RolledBack": "rolled_back",
+    "Failed": "failed",
+}
 Action = Literal["advance", "hold", "dwell", "promote", "rollback"]
 
 
@@ -268,3 +277,8 @@ def restart_window(state: RolloutState, *, now: float, reason: str, **changes: A
 def wait_for_gate(state: RolloutState, *, now: float, since: float, reason: str) -> RolloutState:
     """A gate said no: hold the weight, measure a fresh window, remember since when we wait."""
     return restart_window(state, now=now, reason=reason, phase="Waiting", waiting_since=since)
+
+
+def outcome_of(state: RolloutState) -> Outcome | None:
+    """How ``state`` ended; None while it is still active."""
+    return _OUTCOME_OF_PHASE.get(state.phase)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -34,12 +33,12 @@ from tenacity import (
 from canaryctl.analysis import Measurement
 from canaryctl.errors import MetricsUnavailableError, PolicyError, TransientError
 from canaryctl.metrics._base import QueryContext, WorkloadCounts
+from canaryctl.names import is_subdomain
 from canaryctl.policy import MetricSpec, PrometheusSpec, format_duration, parse_duration
 from canaryctl.stats import counter_increase
 
 log = structlog.get_logger("canaryctl.prometheus")
 
-_NAME_OK = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 Sample = tuple[dict[str, str], float]
 # How far before a window's start to look for the counter's value at the start (Prometheus's
 # own staleness lookback is 5 minutes; scrape intervals are far shorter).
@@ -57,7 +56,7 @@ def promql_string(value: str) -> str:
 
 def checked_name(value: str, what: str) -> str:
     """Names that reach PromQL must be DNS-1123 names (what Kubernetes allows for them)."""
-    if not isinstance(value, str) or not _NAME_OK.fullmatch(value):
+    if not isinstance(value, str) or not is_subdomain(value):
         raise PolicyError(f"{what}: {value!r} is not a valid Kubernetes name (DNS-1123)")
     return value
 

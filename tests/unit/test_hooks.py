@@ -25,15 +25,14 @@ from canaryctl import rollout
 from canaryctl.analysis import MetricResult, combine
 from canaryctl.hooks import (
     HookRunner,
-    Webhooks,
-    WebhookSpec,
     as_failed_checks,
     build_payload,
     call,
     payload_schema,
 )
-from canaryctl.notify import Notifier, NotifySpec, event_for, failing_metric, render
+from canaryctl.notify import Notifier, event_for, failing_metric, render
 from canaryctl.policy import AnalysisPolicy
+from canaryctl.policy_hooks import NotifySpec, Webhooks, WebhookSpec
 from canaryctl.rollout import RolloutState
 from tests.recording_server import RecordingServer
 from tests.rollouts import begin_rollout
