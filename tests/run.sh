@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh Debian machine: installs what it needs (tests/setup.sh),
-# then lint, type checks, Dockerfile lint and pytest. Usage: bash tests/run.sh [pytest args]
+# then lint, type checks, import contracts, Dockerfile lint and pytest. Usage: bash tests/run.sh [pytest args]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tests/setup.sh
@@ -9,6 +9,8 @@ VENV="${CANARYCTL_VENV:-.venv}"
 "$VENV/bin/ruff" check canaryctl tests benchmarks
 "$VENV/bin/ruff" format --check canaryctl tests benchmarks
 "$VENV/bin/mypy" canaryctl
+# the dependency direction of docs/architecture.md (contracts in pyproject.toml); its banner is noise
+"$VENV/bin/lint-imports" --no-cache | sed -n '/^Contracts:/p;/BROKEN/,$p'
 "$VENV/bin/hadolint" Dockerfile
 # 6 workers on 2 cores: the end-to-end tests mostly wait (analysis intervals, scrapes);
 # worksteal keeps the long kill tests from ending up last on one worker
