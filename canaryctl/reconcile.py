@@ -20,7 +20,7 @@ from canaryctl import operations
 from canaryctl.controller import Controller, RolloutInfraError, StateChangedError, read_state
 from canaryctl.errors import CanaryctlError, InfraError, InputError, NotFoundError, PolicyError
 from canaryctl.policy import AnalysisPolicy, load_policy, parse_policy_text
-from canaryctl.rollout import POLICY_ANNOTATION, PROMOTE_ANNOTATION, RolloutState
+from canaryctl.rollout import APP_ANNOTATION, POLICY_ANNOTATION, PROMOTE_ANNOTATION, RolloutState
 
 log = structlog.get_logger("canaryctl.reconcile")
 
@@ -66,29 +66,6 @@ class Report:
         }
 
 
-def infer_app(vs: dict[str, Any]) -> str | None:
-    """The app of a VirtualService for a declarative start: the host its split routes send to
-    (subset split), or the common prefix of the two hosts (``app-primary``/``app-canary``)."""
-    ns = vs.get("metadata", {}).get("namespace", "")
-    for route in (vs.get("spec") or {}).get("http") or []:
-        dests = [d.get("destination", {}) for d in route.get("route") or []]
-        if len(dests) != 2:
-            continue
-        hosts = [str(d.get("host", "")).removesuffix(f".{ns}.svc.cluster.local") for d in dests]
-        hosts = [h.split(".")[0] for h in hosts]
-        if hosts[0] == hosts[1]:
-            return hosts[0]
-        prefix = ""
-        for a, b in zip(hosts[0], hosts[1], strict=False):
-            if a != b:
-                break
-            prefix += a
-        prefix = prefix.rstrip("-")
-        if prefix:
-            return prefix
-    return None
-
-
 def policy_from_config_map(ctl: Controller, namespace: str, name: str | None) -> AnalysisPolicy:
     if not name:
         return load_policy(None)
@@ -120,7 +97,7 @@ def _start(ctl: Controller, vs: dict[str, Any]) -> Outcome:
     meta = vs["metadata"]
     ns, name = meta["namespace"], meta["name"]
     ann = meta.get("annotations") or {}
-    app = ann.get("canaryctl.io/app") or infer_app(vs)
+    app = ann.get(APP_ANNOTATION) or ctl.router.app_of(vs)
     if not app:
         raise InputError(f"{PROMOTE_ANNOTATION}: cannot tell the app of {name}")
     policy = policy_from_config_map(ctl, ns, ann.get(POLICY_ANNOTATION)).with_prometheus_url(

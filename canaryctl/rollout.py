@@ -25,6 +25,8 @@ from canaryctl.analysis import StepAnalysis
 ANNOTATION = "canaryctl.io/rollout"
 PROMOTE_ANNOTATION = "canaryctl.io/promote"
 POLICY_ANNOTATION = "canaryctl.io/policy"
+# The app a declarative start is for, when the routes do not tell (see mesh.routes.infer_app).
+APP_ANNOTATION = "canaryctl.io/app"
 STATE_VERSION = 1
 HISTORY_LIMIT = 20  # analyses kept in the annotation; older ones are counted, not stored
 

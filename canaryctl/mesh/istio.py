@@ -29,6 +29,9 @@ class IstioRouter:
                 f"VirtualService {name!r} not found in namespace {namespace!r}"
             ) from None
 
+    def app_of(self, route_object: dict[str, Any]) -> str | None:
+        return routes.infer_app(route_object)
+
     def list(self, namespace: str | None) -> list[dict[str, Any]]:
         return self.kube.list_istio("virtualservices", namespace)
 

@@ -446,3 +446,32 @@ def deployment_available(deployment: Obj) -> tuple[bool, str]:
             f" ({' '.join(why.split())})" if why else ""
         )
     return available >= 1 and cond.get("status") == "True", reason
+
+
+def app_of_hosts(shorts: Sequence[str]) -> str | None:
+    """The app that every one of ``shorts`` (short host names) belongs to, by the same rule
+    ``find_target`` uses (the app's own host, or ``APP-something``): the longest such name.
+    ``reviews-v1``/``reviews-v2`` -> ``reviews``; ``web-primary``/``web-canary`` -> ``web``."""
+    if not shorts:
+        return None
+    parts = shorts[0].split("-")
+    for end in range(len(parts), 0, -1):
+        app = "-".join(parts[:end])
+        if all(_belongs(short, app) for short in shorts):
+            return app
+    return None
+
+
+def infer_app(vs: Obj) -> str | None:
+    """The app of a VirtualService for a declarative start (``canaryctl.io/promote`` without
+    ``canaryctl.io/app``): from its first route split between two destinations of one app, else
+    from its first route with a single destination. Hosts outside the namespace are not apps."""
+    ns = str(_at(vs, "metadata", "namespace") or "")
+    for wanted in (2, 1):
+        for http in _http(vs):
+            entries = _entries(http)
+            shorts = [normalise_host(Destination.of(e).host, ns) for e in entries]
+            local = len(entries) == wanted and not any("." in h for h in shorts)
+            if local and (app := app_of_hosts(shorts)):
+                return app
+    return None

@@ -22,6 +22,7 @@ from canaryctl.mesh.routes import (
     deployment_available,
     destination_rule_subsets,
     find_target,
+    infer_app,
     normalise_host,
     preflight_subsets,
     select_deployments,
@@ -679,3 +680,40 @@ def _deployment(
 )
 def test_deployment_available(deployment: dict[str, Any], expected: tuple[bool, str]) -> None:
     assert deployment_available(deployment) == expected
+
+
+def _vs(*routes: list[dict[str, Any]], namespace: str = "shop") -> dict[str, Any]:
+    return {
+        "metadata": {"name": "vs", "namespace": namespace},
+        "spec": {"hosts": ["x"], "http": [{"route": r} for r in routes]},
+    }
+
+
+@pytest.mark.parametrize(
+    ("hosts", "app"),
+    [
+        (["reviews-v1", "reviews-v2"], "reviews"),  # not the character prefix "reviews-v"
+        (["web-primary", "web-canary"], "web"),
+        (["web-primary.shop.svc.cluster.local", "web-canary.shop"], "web"),
+        (["reviews", "reviews"], "reviews"),
+        (["api-v1", "apiary-v2"], None),  # no app both belong to
+    ],
+)
+def test_infer_app_uses_the_routers_host_rule(hosts: list[str], app: str | None) -> None:
+    """A declarative start names the app the routes' hosts belong to, by find_target's rule."""
+    vs = _vs([{"destination": {"host": h}, "weight": 50} for h in hosts])
+    assert infer_app(vs) == app
+
+
+def test_infer_app_prefers_a_split_route_and_ignores_other_namespaces() -> None:
+    """A plain route is used only when no route splits; hosts of other namespaces are no app."""
+    plain = [{"destination": {"host": "ratings", "subset": "v1"}}]
+    split = [
+        {"destination": {"host": "reviews", "subset": "v1"}, "weight": 80},
+        {"destination": {"host": "reviews", "subset": "v2"}, "weight": 20},
+    ]
+    assert infer_app(_vs(plain, split)) == "reviews"
+    assert infer_app(_vs(plain)) == "ratings"
+    assert infer_app(_vs([{"destination": {"host": "ratings.other.svc.cluster.local"}}])) is None
+    all_v1 = FIXTURE_VS[("virtual-service-all-v1.yaml", "reviews")]
+    assert infer_app(all_v1) == "reviews"
