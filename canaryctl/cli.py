@@ -383,22 +383,41 @@ def run_cmd(
 
 @policy_app.command("validate")
 def policy_validate(
-    file: Annotated[Path, typer.Argument(help="AnalysisPolicy YAML file")],
+    files: Annotated[list[Path], typer.Argument(help="AnalysisPolicy YAML files")],
     output: OutputOpt = Output.text,
 ) -> None:
-    """Validate a policy file; print the effective policy (steps expanded)."""
+    """Validate policy files. Text: one line per file (expanded steps, interval, judge);
+    -o json: the effective policy of each (defaults filled in, steps expanded). Every file is
+    checked; any invalid one is exit 2, its error on stderr naming the file and field."""
 
     def body() -> int:
+        from canaryctl.errors import PolicyError
         from canaryctl.policy import load_policy
 
-        pol = load_policy(file, flag="FILE")
-        snap = pol.snapshot()
-        _emit(
-            {"result": "valid", "policy": snap},
-            output,
-            f"{file}: valid (steps {snap['spec']['steps']}, interval {snap['spec']['interval']},"
-            f" judge {snap['spec']['judge']}, {len(snap['spec']['metrics'])} metrics)",
-        )
+        effective: dict[str, Any] = {}
+        errors: list[str] = []
+        for file in files:
+            try:
+                snap = load_policy(file, flag="FILE").snapshot()
+            except PolicyError as exc:
+                errors.append(exc.message)
+                continue
+            effective[str(file)] = snap
+            if output == Output.text:
+                spec = snap["spec"]
+                _emit(
+                    {},
+                    output,
+                    f"{file}: valid (steps {spec['steps']}, interval {spec['interval']},"
+                    f" judge {spec['judge']}, {len(spec['metrics'])} metrics)",
+                )
+        if errors:
+            raise PolicyError("; ".join(errors))
+        if output == Output.json:
+            if len(effective) == 1:
+                _emit({"result": "valid", "policy": next(iter(effective.values()))}, output, "")
+            else:
+                _emit({"result": "valid", "policies": effective}, output, "")
         return 0
 
     _execute(output, Level.warning, body)

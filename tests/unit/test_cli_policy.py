@@ -79,6 +79,25 @@ def test_validate_json_output_is_exactly_one_json_object() -> None:
     assert result.stderr == ""
 
 
+def test_validate_every_preset_at_once() -> None:
+    """`policy validate policies/*.yaml` checks each file and prints one line per file."""
+    presets = sorted(DEFAULT.parent.glob("*.yaml"))
+    assert len(presets) >= 3
+    result = invoke("policy", "validate", *map(str, presets))
+    assert result.exit_code == 0, result.output
+    assert [line.split(":")[0] for line in result.stdout.splitlines()] == list(map(str, presets))
+    as_json = json.loads(invoke("policy", "validate", *map(str, presets), "-o", "json").stdout)
+    assert as_json["policies"] == {str(p): load_policy(p).snapshot() for p in presets}
+
+
+def test_validate_reports_every_invalid_file_and_exits_2(bad_policy: Path) -> None:
+    """A valid file among invalid ones is still reported; the error line names each bad file."""
+    result = invoke("policy", "validate", str(DEFAULT), str(bad_policy), str(bad_policy))
+    assert result.exit_code == 2
+    assert result.stdout.startswith(f"{DEFAULT}: valid")
+    assert_one_error_line(result, f"{bad_policy}: {BAD_STEPS}; {bad_policy}: {BAD_STEPS}")
+
+
 def test_validate_invalid_file_exits_2_with_one_error_line(bad_policy: Path) -> None:
     result = invoke("policy", "validate", str(bad_policy))
     assert result.exit_code == 2
