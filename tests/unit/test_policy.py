@@ -711,10 +711,11 @@ def test_shipped_schema_file_is_up_to_date() -> None:
     assert json.loads(SCHEMA_FILE.read_text()) == json_schema()
 
 
-def test_policies_shown_in_the_readme_are_valid_and_match_the_schema() -> None:
-    """Every ``kind: AnalysisPolicy`` YAML block of README.md is a policy canaryctl accepts
-    and that the published JSON Schema accepts (what users copy must work)."""
-    text = (ROOT / "README.md").read_text()
+def test_policies_shown_in_the_docs_are_valid_and_match_the_schema() -> None:
+    """Every ``kind: AnalysisPolicy`` YAML block of README.md and docs/*.md is a policy
+    canaryctl accepts and that the published JSON Schema accepts (what users copy must work)."""
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    text = "".join(page.read_text() for page in pages)
     blocks = [b.split("```", 1)[0] for b in text.split("```yaml\n")[1:]]
     policies = [b for b in blocks if "kind: AnalysisPolicy" in b]
     assert len(policies) >= 2
