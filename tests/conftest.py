@@ -6,6 +6,7 @@ the strict API emulator and a real Prometheus (see docs/architecture.md).
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -18,6 +19,43 @@ if TYPE_CHECKING:  # imported lazily in the fixtures: unit tests need neither km
     from canaryctl.sandbox.emulator import EmulatorServer
 
 ISTIO_DATA = Path(__file__).resolve().parent / "data" / "istio"
+
+
+class _TestStderr:
+    """Where structlog writes in tests: the ``sys.stderr`` of the running test (pytest captures
+    it and shows it when the test fails). Lines written between tests come from background
+    threads of a test that already ended (a notifier still retrying a dead endpoint); they are
+    dropped instead of being printed into pytest's own output."""
+
+    in_test = False
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text) if self.in_test else len(text)
+
+    def flush(self) -> None:
+        if self.in_test:
+            sys.stderr.flush()
+
+
+_TEST_STDERR = _TestStderr()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _structured_logs() -> None:
+    """structlog as the CLI configures it (JSON lines), written to ``_TEST_STDERR``."""
+    import structlog
+
+    from canaryctl import logs
+
+    logs.setup("debug", json_logs=True)
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory(file=_TEST_STDERR))  # type: ignore[arg-type]
+
+
+@pytest.fixture(autouse=True)
+def _logs_belong_to_this_test() -> Iterator[None]:
+    _TEST_STDERR.in_test = True
+    yield
+    _TEST_STDERR.in_test = False
 
 
 @pytest.fixture
