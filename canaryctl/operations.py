@@ -58,6 +58,7 @@ class Result:
         if s is not None:
             out.update(
                 virtualService=s.virtual_service,
+                followers=s.followers,
                 stable=dest(s.stable),
                 canary=dest(s.canary),
                 stableWorkload=s.stable_workload,
