@@ -407,7 +407,9 @@ class Controller:
             self.sleep(max(0.05, min(poll, left, 0.5)))
 
     def drive(self, state: RolloutState, lease: Lease | None) -> RolloutState:
-        """Run the rollout to a terminal phase (or until interrupted)."""
+        """Run the rollout to a terminal phase (or until interrupted), after repairing the
+        followers a process that died between two patches left behind."""
+        followers.sync(self.router, state, guard=True, sleep=self.sleep)
         while state.active:
             state = self.wait_until_due(state, lease)
             if state.phase not in rollout.ANALYSED_PHASES:
