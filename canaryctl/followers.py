@@ -128,7 +128,11 @@ def sync(
                 break
             if guard and follower_drift(state, vs) is not None:
                 break
-            target = _follower_target(state, vs)
+            try:
+                target = _follower_target(state, vs)
+            except InputError as exc:  # re-pointed by another writer: nothing safe to weight
+                log.warning("follower.unmovable", vs=name, reason=exc.message)
+                break
             ref = read_ref(vs)
             written = _mine(state, ref) and ref.get("weight") == state.weight
             if written and weights_drift(vs, target, state.weight) is None:
