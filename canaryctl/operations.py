@@ -25,6 +25,7 @@ from canaryctl.errors import (
     UsageError,
 )
 from canaryctl.hooks import UrlFileError, UrlSource, dest
+from canaryctl.mesh._base import Workloads
 from canaryctl.mesh.group import Member, mesh_warning
 from canaryctl.mesh.routes import apply_patch, weight_patch, weights_of
 from canaryctl.metrics._base import QueryContext
@@ -170,23 +171,8 @@ def promote(
             )
             provider.validate_query(provider.render(metric, ctx, workloads.canary))
     now = ctl.clock()
-    state = rollout.begin(
-        app=app,
-        namespace=namespace,
-        virtual_service=target.vs_name,
-        mode=target.mode,
-        stable={"host": target.stable.host, "subset": target.stable.subset},
-        canary={"host": target.canary.host, "subset": target.canary.subset},
-        stable_workload=workloads.stable,
-        canary_workload=workloads.canary,
-        policy=policy.snapshot(),
-        current_canary_weight=max(t.canary_weight for t, _ in members),
-        now=now,
-    )
-    state = replace(
-        state,
-        followers=[t.vs_name for t, _ in members[1:]],
-        routes=list(route_names) if route_names else None,
+    state = begin_rollout(
+        members, workloads=workloads, policy=policy, route_names=route_names, now=now
     )
     if dry_run:
         plans = []
@@ -250,6 +236,36 @@ def promote(
     res = from_state(final, app)
     res.extra.update(warnings)
     return res
+
+
+def begin_rollout(
+    members: Sequence[Member],
+    *,
+    workloads: Workloads,
+    policy: AnalysisPolicy,
+    route_names: Sequence[str] | None,
+    now: float,
+) -> RolloutState:
+    """The state of a new rollout of ``members`` (the primary first), before its first write."""
+    target = members[0][0]
+    state = rollout.begin(
+        app=target.app,
+        namespace=target.namespace,
+        virtual_service=target.vs_name,
+        mode=target.mode,
+        stable={"host": target.stable.host, "subset": target.stable.subset},
+        canary={"host": target.canary.host, "subset": target.canary.subset},
+        stable_workload=workloads.stable,
+        canary_workload=workloads.canary,
+        policy=policy.snapshot(),
+        current_canary_weight=max(t.canary_weight for t, _ in members),
+        now=now,
+    )
+    return replace(
+        state,
+        followers=[t.vs_name for t, _ in members[1:]],
+        routes=list(route_names) if route_names else None,
+    )
 
 
 def _warnings(members: Sequence[Member], *, app: str, namespace: str) -> dict[str, list[str]]:

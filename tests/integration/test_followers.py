@@ -8,7 +8,6 @@ from __future__ import annotations
 import copy
 import json
 from collections.abc import Iterator
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,7 @@ from canaryctl.controller import Controller, read_state
 from canaryctl.demo import DEMO_POLICY
 from canaryctl.errors import ClusterUnavailableError
 from canaryctl.kube import KubeClient
-from canaryctl.mesh._base import get_router
+from canaryctl.mesh._base import Workloads, get_router
 from canaryctl.metrics._base import get_provider
 from canaryctl.policy import parse_policy
 from canaryctl.rollout import PROMOTE_ANNOTATION, REF_ANNOTATION, RolloutState
@@ -67,28 +66,18 @@ def _vs_patches(emulator: EmulatorServer) -> list[str]:
     return [w.path.rsplit("/", 1)[1] for w in emulator.writes if "virtualservices" in w.path]
 
 
-def _start(ctl: Controller, url: str | None = None, interval: str = "1h") -> RolloutState:
+def _start(ctl: Controller, url: str | None = None) -> RolloutState:
     """Write the first step the way ``promote`` does (members found, state on the primary)."""
     doc = copy.deepcopy(DEMO_POLICY)
-    doc["spec"]["interval"] = interval
+    doc["spec"]["interval"] = "1h"  # no analysis is ever due here
     if url:
         doc["spec"]["notify"] = [{"name": "team", "type": "webhook", "url": url}]
     members = ctl.router.find(app=APP, namespace=NS)
-    target = members[0][0]
-    state = rollout.begin(
-        app=APP,
-        namespace=NS,
-        virtual_service=target.vs_name,
-        mode=target.mode,
-        stable={"host": target.stable.host, "subset": target.stable.subset},
-        canary={"host": target.canary.host, "subset": target.canary.subset},
-        stable_workload="rest-apl-v1",
-        canary_workload="rest-apl-v2",
-        policy=parse_policy(doc, source="test").snapshot(),
-        current_canary_weight=max(t.canary_weight for t, _ in members),
-        now=ctl.clock(),
+    workloads = Workloads(stable="rest-apl-v1", canary="rest-apl-v2")
+    policy = parse_policy(doc, source="test")
+    state = operations.begin_rollout(
+        members, workloads=workloads, policy=policy, route_names=None, now=ctl.clock()
     )
-    state = replace(state, followers=[t.vs_name for t, _ in members[1:]])
     ctl.commit(state, expect=None)
     return state
 
