@@ -13,7 +13,7 @@ from typing import Any
 
 import structlog
 
-from canaryctl import rollout
+from canaryctl import followers, rollout
 from canaryctl.controller import Controller, Interrupted, StateChangedError, read_state
 from canaryctl.errors import (
     EXIT_INFRA,
@@ -97,11 +97,15 @@ def locate(
     candidates: list[dict[str, Any]] | None = None,
 ) -> tuple[dict[str, Any] | None, RolloutState | None]:
     """The VirtualService carrying this app's rollout state, if any (active ones first),
-    among ``candidates`` (read now if None)."""
+    among ``candidates`` (read now if None) and the primaries their pointers name (a verb
+    given only a follower with ``--virtual-service`` finds the rollout it belongs to)."""
     if candidates is None:
         candidates = ctl.router.candidates(namespace, vs_names)
+    names = {vs["metadata"]["name"] for vs in candidates}
+    pointed = {str(followers.read_ref(vs).get("virtualService", "")) for vs in candidates}
+    extra = [ctl.router.read(namespace, n) for n in sorted(pointed - names - {""})]
     found: list[tuple[dict[str, Any], RolloutState]] = []
-    for vs in candidates:
+    for vs in [*candidates, *extra]:
         st = read_state(vs)
         if st is not None and st.app == app:
             found.append((vs, st))

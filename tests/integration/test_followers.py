@@ -161,7 +161,7 @@ def test_weight_drift_pauses_without_writing_over_it_resume_reapplies_rollback_w
     assert (start.json["event"], note.json["event"]) == ("start", "pause")
     assert "80/20" in note.json["message"]
 
-    resumed = operations.resume(ctl, app=APP, namespace=NS, vs_names=())
+    resumed = operations.resume(ctl, app=APP, namespace=NS, vs_names=[MESH])  # its pointer
     assert resumed.state is not None and resumed.state.phase == "Progressing"
     assert _weights(emulator, PRIMARY) == _weights(emulator, MESH) == [[("v1", 60), ("v2", 40)]]
 
