@@ -297,10 +297,15 @@ def _interrupted(ctl: Controller, state: RolloutState, app: str) -> Result:
 
 
 def _attach_existing(ctl: Controller, *, app: str, namespace: str, vs_name: str) -> Result:
-    _, state = locate(ctl, app=app, namespace=namespace, vs_names=[vs_name])
-    if state is None:
-        raise RolloutStateError(f"another process is starting a rollout of {app}; try again")
-    return _follow(ctl, state, app)
+    """Follow the rollout another process holds the lease of. It may not have written its
+    first step yet (it took the lease a moment ago, on a loaded machine seconds ago): look
+    again for a few seconds before giving up."""
+    for _ in range(20):
+        _, state = locate(ctl, app=app, namespace=namespace, vs_names=[vs_name])
+        if state is not None:
+            return _follow(ctl, state, app)
+        ctl.sleep(0.5)
+    raise RolloutStateError(f"another process is starting a rollout of {app}; try again")
 
 
 def _follow(ctl: Controller, state: RolloutState, app: str) -> Result:
