@@ -192,6 +192,13 @@ def find_group(
             f"no VirtualService in namespace {namespace} routes {app} "
             f"(inspected: {', '.join(sorted(by_name)) or 'none'})"
         )
+    named_routes = {h.get("name") for vs in members for h in _http(vs)}
+    for route in route_names or ():
+        if route not in named_routes:
+            raise UsageError(
+                f"--route {route}: no HTTP route of that name in "
+                f"{', '.join(_name(v) for v in members)}"
+            )
     found: list[Member] = []
     missing: list[tuple[Obj, TargetNotFoundError]] = []
     for vs in members:

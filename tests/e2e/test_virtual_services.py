@@ -81,19 +81,23 @@ def test_gateway_only_rest_apl_warns_that_mesh_callers_bypass_it(world: World) -
 
 
 def test_plain_route_needs_canary_then_is_promoted_from_it(world: World) -> None:
-    """rest-apl-vs sending everything to v1: without --canary exit 2 naming it, nothing
-    written; with --canary v2 the first step splits it and the canary is promoted."""
+    """rest-apl-vs sending everything to v1: without --canary (or with an unknown --route) exit
+    2 naming the flag, nothing written; with --canary v2 --route version the first step splits
+    it and the canary is promoted."""
     vs = world.vs()
     vs["spec"]["http"][0]["route"] = [{"destination": {"host": "rest-apl", "subset": "v1"}}]
+    vs["spec"]["http"][0]["name"] = "version"
     world.sb.emulator.apply([vs])
     world.sb.emulator.clear_writes()
     res = world.run(*world.promote())
     assert res.code == 2 and "give --canary SUBSET" in res.stderr, res.stderr
+    res = world.run(*world.promote("--canary", "v2", "--route", "nope"))
+    assert res.code == 2 and "--route nope: no HTTP route of that name" in res.stderr
     assert world.cluster_writes() == []
-    res = world.run(
-        *world.promote("--canary", "v2", "-o", "json", policy=world.policy(steps=STEPS))
-    )
+    policy = world.policy(steps=STEPS)
+    res = world.run(*world.promote("--canary", "v2", "--route", "version", policy=policy))
     assert res.code == 0, res.stderr
+    assert world.state()["routes"] == ["version"]
     assert world.distinct_weights() == STEPS
     assert world.weights() == [("v1", 0), ("v2", 100)]
     validate_virtual_service(world.vs())

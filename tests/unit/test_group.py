@@ -132,7 +132,7 @@ def test_route_flag_limits_the_rollout_to_named_routes() -> None:
     assert [len(h["route"]) for h in after["spec"]["http"]] == [1, 2, 1]
     _, after = _first_patch(vs, 20, canary="v3", route_names=["default", "beta"])
     assert [len(h["route"]) for h in after["spec"]["http"]] == [1, 2, 2]
-    with pytest.raises(TargetNotFoundError):
+    with pytest.raises(UsageError, match="--route nope: no HTTP route of that name in reviews"):
         find_group([vs], app="reviews", namespace="default", canary="v3", route_names=["nope"])
 
 
