@@ -16,8 +16,9 @@ callers bypass all of them. Decisions (README "How it works"):
   Plain routes to anything else (bookinfo's ``jason`` -> v2) stay exactly as they are.
 - The stable of plain routes: the destination of the catch-all route (the last one without
   ``match``), else the one destination all of them share; otherwise name them with ``--route``.
-- All members must agree on (stable, canary); the primary (which carries the rollout state)
-  is the one named first, else the first (by name) that already splits, else the first by name.
+- All members must agree on (stable, canary). The primary (which carries the rollout state)
+  is ``primary`` when given (a declarative start's), else the first that already splits (in
+  ``--virtual-service`` order, else by name), else the first.
 """
 
 from __future__ import annotations
@@ -33,6 +34,10 @@ from canaryctl.mesh.routes import (
     Known,
     Obj,
     Target,
+    _at,
+    _belongs,
+    _http,
+    _name,
     find_target,
     normalise_host,
     route_indexes,
@@ -42,17 +47,8 @@ from canaryctl.mesh.routes import (
 Member = tuple[Target, Obj]  # the split to drive and the object it was found in
 
 
-def _name(vs: Obj) -> str:
-    return str((vs.get("metadata") or {}).get("name") or "")
-
-
-def _http(vs: Obj) -> list[Any]:
-    return list((vs.get("spec") or {}).get("http") or [])
-
-
 def _of_app(dest: Destination, app: str, namespace: str) -> bool:
-    short = dest.key(namespace)[0]
-    return short == app or short.startswith(app + "-")
+    return _belongs(dest.key(namespace)[0], app)
 
 
 def routes_app(vs: Obj, *, app: str, namespace: str) -> bool:
@@ -87,7 +83,13 @@ def _plain_stable(vs: Obj, plain: Mapping[int, Destination], app: str, ns: str) 
 
 
 def _split_plain(
-    vs: Obj, *, app: str, namespace: str, canary: str | None, known: Known, route_names: Any
+    vs: Obj,
+    *,
+    app: str,
+    namespace: str,
+    canary: str | None,
+    known: Known,
+    route_names: Sequence[str] | None,
 ) -> Target:
     """The target of a member whose routes of ``app`` are plain: found in a view of ``vs``
     where each plain route to the stable already holds the canary (weight 0); the patch inserts
@@ -167,16 +169,11 @@ def find_group(
     namespace: str,
     names: Sequence[str] = (),
     canary: str | None = None,
-    known: Known = None,
     route_names: Sequence[str] | None = None,
     primary: str | None = None,
 ) -> list[Member]:
-    """Every member's split, the primary first (``primary``: the one carrying the state)."""
-    in_ns = [
-        v
-        for v in virtual_services
-        if (v.get("metadata") or {}).get("namespace") in (None, namespace)
-    ]
+    """Every member's split, the primary first (``primary``: the one to carry the state)."""
+    in_ns = [v for v in virtual_services if _at(v, "metadata", "namespace") in (None, namespace)]
     by_name = {_name(v): v for v in in_ns}
     for n in names:
         if n not in by_name:
@@ -199,33 +196,23 @@ def find_group(
                 f"--route {route}: no HTTP route of that name in "
                 f"{', '.join(_name(v) for v in members)}"
             )
+
+    def member(vs: Obj, **how: Any) -> Member:
+        return resolve(vs, app=app, namespace=namespace, route_names=route_names, **how), vs
+
     found: list[Member] = []
     missing: list[tuple[Obj, TargetNotFoundError]] = []
     for vs in members:
         try:
-            found.append(
-                (
-                    resolve(
-                        vs,
-                        app=app,
-                        namespace=namespace,
-                        canary=canary,
-                        known=known,
-                        route_names=route_names,
-                    ),
-                    vs,
-                )
-            )
+            found.append(member(vs, canary=canary))
         except TargetNotFoundError as not_found:
             missing.append((vs, not_found))
     if not found:
         raise missing[0][1]
-    pair = known or (found[0][0].stable, found[0][0].canary)
-    for vs, first_error in missing:
+    pair = (found[0][0].stable, found[0][0].canary)
+    for vs, first_error in missing:  # plain routes only: split with the others' canary
         try:
-            found.append(
-                (resolve(vs, app=app, namespace=namespace, known=pair, route_names=route_names), vs)
-            )
+            found.append(member(vs, known=pair))
         except TargetNotFoundError:
             if names:
                 raise first_error from None  # a member named with --virtual-service must be driven
