@@ -262,8 +262,8 @@ class Controller:
             stored = read_state(vs)
             if _written_since(stored, state):
                 raise StateChangedError(stored, vs)
-            followers.sync(self.router, state, guard=True, sleep=self.sleep)  # repair first
-            changed = followers.drift(self.router, state, vs)
+            others = followers.sync(self.router, state, guard=True, sleep=self.sleep)  # repair 1st
+            changed = followers.drift(state, vs, others)
             if changed is not None:
                 return self.pause_for_change(state, changed)
             target = followers.target_of(state, vs)

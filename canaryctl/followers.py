@@ -108,9 +108,10 @@ def sync(
     guard: bool,
     sleep: Callable[[float], None],
     attempts: int = 20,
-) -> None:
+) -> dict[str, dict[str, Any]]:
     """Write the state's weight (and pointer) to every follower that lacks it. ``guard``: leave
-    a follower another writer changed alone (``drift`` reports it, the rollout pauses)."""
+    a follower another writer changed alone (``drift`` reports it, the rollout pauses).
+    Returns each follower as it now stands (read, or written), for ``drift``."""
     value = json.dumps(
         {
             "virtualService": state.virtual_service,
@@ -119,10 +120,11 @@ def sync(
         },
         sort_keys=True,
     )
+    seen: dict[str, dict[str, Any]] = {}
     for name in state.followers:
         for attempt in range(attempts):
             try:
-                vs = router.read(state.namespace, name)
+                vs = seen[name] = router.read(state.namespace, name)
             except TargetNotFoundError:
                 log.warning("follower.gone", vs=name)
                 break
@@ -138,7 +140,7 @@ def sync(
             if written and weights_drift(vs, target, state.weight) is None:
                 break
             try:
-                router.write(
+                seen[name] = router.write(
                     target, vs, canary_weight=state.weight, annotations={REF_ANNOTATION: value}
                 )
             except ConflictError:
@@ -146,20 +148,19 @@ def sync(
                 continue
             log.info("follower.written", vs=name, weight=state.weight)
             break
+    return seen
 
 
-def drift(router: TrafficRouter, state: RolloutState, vs: dict[str, Any]) -> str | None:
-    """How another writer changed the primary ``vs`` or a follower since canaryctl wrote them
-    (a route gone or re-pointed counts too); None when nothing changed."""
+def drift(
+    state: RolloutState, vs: dict[str, Any], others: Mapping[str, dict[str, Any]]
+) -> str | None:
+    """How another writer changed the primary ``vs`` or a follower (``others``, as ``sync``
+    left them) since canaryctl wrote them (a route gone or re-pointed counts too); None when
+    nothing changed."""
     try:
         found = weights_drift(vs, target_of(state, vs), state.weight)
     except InputError as exc:
         return exc.message
-    for name in state.followers:
-        if found is not None:
-            break
-        try:
-            found = follower_drift(state, router.read(state.namespace, name))
-        except TargetNotFoundError:
-            continue
+    for other in others.values():
+        found = found or follower_drift(state, other)
     return found
