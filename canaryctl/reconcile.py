@@ -6,7 +6,9 @@ another live process holds it), analyses the window since the step began, and ad
 rolls back or promotes (one guarded write). Paused rollouts are skipped. A VirtualService
 annotated ``canaryctl.io/promote: <canary subset or host>`` (optionally with
 ``canaryctl.io/policy: <ConfigMap>``) starts a rollout declaratively, for GitOps; the annotations
-are removed in the same patch that writes the first step.
+are removed in the same patch that writes the first step, and a trigger naming the canary of the
+rollout that already ended there (re-applied by a GitOps tool) is skipped. Before anything else,
+the VirtualServices a crash left behind in a rollout (ended ones too) are repaired.
 """
 
 from __future__ import annotations
