@@ -62,7 +62,11 @@ KubeconfigOpt = Annotated[
 ]
 ContextOpt = Annotated[str | None, typer.Option("--context", help="kubeconfig context")]
 VsOpt = Annotated[
-    str | None, typer.Option("--virtual-service", help="Use this VirtualService (else found)")
+    list[str] | None,
+    typer.Option(
+        "--virtual-service",
+        help="Move this VirtualService (repeatable; default: every one routing the app)",
+    ),
 ]
 PromOpt = Annotated[
     str | None, typer.Option("--prometheus-url", help="Overrides spec.prometheus.url")
@@ -70,12 +74,14 @@ PromOpt = Annotated[
 LogOpt = Annotated[Level, typer.Option("--log-level", help="Log level (logs go to stderr)")]
 
 
-def _check_names(names: dict[str, str | None]) -> None:
+def _check_names(names: dict[str, str | list[str] | None]) -> None:
     """Names reach the API (URL paths) and PromQL (label values): accept only what Kubernetes
-    accepts (DNS-1123), so a quote, brace, newline or regex metacharacter never gets that far."""
+    accepts (DNS-1123), so a quote, brace, newline or regex metacharacter never gets that far.
+    A list is a repeatable flag: each value is checked."""
     from canaryctl.names import is_subdomain
 
-    for flag, value in names.items():
+    pairs = [(f, v) for f, vs in names.items() for v in (vs if isinstance(vs, list) else [vs])]
+    for flag, value in pairs:
         if value is None:
             continue
         if not is_subdomain(value):
@@ -169,6 +175,10 @@ def promote(
         str | None, typer.Option("--canary", help="Roll out this subset (or host) as the canary")
     ] = None,
     virtual_service: VsOpt = None,
+    route: Annotated[
+        list[str] | None,
+        typer.Option("--route", help="Only the HTTP routes of this name (repeatable)"),
+    ] = None,
     prometheus_url: PromOpt = None,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Print the plan; write nothing")
@@ -211,8 +221,9 @@ def promote(
                 app=app_name,
                 namespace=namespace,
                 policy=pol,
-                vs_name=virtual_service,
+                vs_names=virtual_service or [],
                 canary=canary,
+                route_names=route or None,
                 dry_run=dry_run,
                 wait=not no_wait,
                 force=force,
@@ -246,7 +257,7 @@ def _simple_verb(verb: str) -> Callable[..., None]:
             )
             ctl = _controller(kubeconfig, context, None)
             fn = getattr(operations, verb)
-            res = fn(ctl, app=app_name, namespace=namespace, vs_name=virtual_service)
+            res = fn(ctl, app=app_name, namespace=namespace, vs_names=virtual_service or [])
             data = res.to_dict()
             _emit(data, output, result_text(data))
             return int(res.exit_code)

@@ -21,7 +21,7 @@ from typing import Any, NoReturn
 
 import structlog
 
-from canaryctl import notify, rollout
+from canaryctl import followers, notify, rollout
 from canaryctl.analysis import StepAnalysis, combine, judge_metric
 from canaryctl.errors import (
     ClusterUnavailableError,
@@ -36,7 +36,7 @@ from canaryctl.hooks import HookRunner, as_failed_checks
 from canaryctl.kube import KubeClient
 from canaryctl.leases import Lease, default_duration, identity, lease_name
 from canaryctl.mesh._base import TrafficRouter
-from canaryctl.mesh.routes import Destination, Target, find_target
+from canaryctl.mesh.group import weights_drift
 from canaryctl.metrics._base import MetricsProvider, QueryContext
 from canaryctl.policy import AnalysisPolicy, PrometheusSpec, parse_policy
 from canaryctl.policy_hooks import GateKind
@@ -74,6 +74,10 @@ class RolloutInfraError(InfraError):
         self.state = state
 
 
+class WeightsChangedError(Exception):
+    """Another writer changed the weights canaryctl wrote; the message says how."""
+
+
 class Interrupted(Exception):
     """A stop was requested (SIGINT/SIGTERM) while waiting; the rollout stays in the cluster."""
 
@@ -90,13 +94,6 @@ def read_state(vs: dict[str, Any]) -> RolloutState | None:
             f"VirtualService {name}: annotation {ANNOTATION} is not valid rollout state ({exc}); "
             "remove it or run `canaryctl rollback`"
         ) from None
-
-
-def destinations(state: RolloutState) -> tuple[Destination, Destination]:
-    return (
-        Destination(host=str(state.stable["host"]), subset=state.stable.get("subset")),
-        Destination(host=str(state.canary["host"]), subset=state.canary.get("subset")),
-    )
 
 
 @dataclass
@@ -147,9 +144,13 @@ class Controller:
         *,
         expect: RolloutState | None,
         canary_override: str | None = None,
+        guard: bool = False,
         attempts: int = 20,
     ) -> dict[str, Any]:
-        """Write weights + state in one guarded patch (see module docstring)."""
+        """Write weights + state in one guarded patch (see module docstring), then the
+        followers. A pause writes only the state: it never changes weights, and a pause for
+        another writer's change must leave that change as it is. ``guard``: raise
+        ``WeightsChangedError`` instead of writing over weights another writer changed."""
         for attempt in range(attempts):
             vs = (
                 self.router.read(state.namespace, state.virtual_service)
@@ -166,20 +167,28 @@ class Controller:
                     raise StateChangedError(stored, vs)
             elif _written_since(stored, expect):
                 raise StateChangedError(stored, vs)
-            target = self._target(state, vs, canary_override)
             annotations: dict[str, str | None] = {
                 ANNOTATION: state.to_json(),
                 PROMOTE_ANNOTATION: None,
                 POLICY_ANNOTATION: None,
             }
             try:
-                written = self.router.write(
-                    target, vs, canary_weight=state.weight, annotations=annotations
-                )
+                if state.phase == "Paused":
+                    written = self.router.annotate(vs, annotations)
+                else:
+                    target = followers.target_of(state, vs, canary_override)
+                    changed = weights_drift(vs, target, expect.weight) if guard and expect else None
+                    if changed is not None:
+                        raise WeightsChangedError(changed)
+                    written = self.router.write(
+                        target, vs, canary_weight=state.weight, annotations=annotations
+                    )
             except ConflictError:
                 log.info("write.conflict", attempt=attempt + 1, vs=state.virtual_service)
                 self.sleep(min(0.05 * 2**attempt, 1.0))
                 continue
+            if state.phase != "Paused":
+                followers.sync(self.router, state, guard=guard, sleep=self.sleep)
             self._announce(expect, state)
             return written
         raise ClusterUnavailableError(
@@ -196,17 +205,6 @@ class Controller:
         outcome = outcome_of(after)
         if outcome is not None:
             self.hooks.post_rollout(after, outcome)
-
-    def _target(self, state: RolloutState, vs: dict[str, Any], canary: str | None) -> Target:
-        """The rollout's split in ``vs``: by its recorded destinations, or ``canary``."""
-        return find_target(
-            [vs],
-            app=state.app,
-            namespace=state.namespace,
-            vs_name=state.virtual_service,
-            canary=canary,
-            known=None if canary is not None else destinations(state),
-        )
 
     # --- one analysis -----------------------------------------------------------------------
     def analyse(self, state: RolloutState, now: float) -> StepAnalysis:
@@ -271,7 +269,11 @@ class Controller:
             stored = read_state(vs)
             if _written_since(stored, state):
                 raise StateChangedError(stored, vs)
-            target = self._target(state, vs, None)
+            others = followers.sync(self.router, state, guard=True, sleep=self.sleep)  # repair 1st
+            changed = followers.drift(state, vs, others)
+            if changed is not None:
+                return self.pause_for_change(state, changed)
+            target = followers.target_of(state, vs)
             ok, why = self.router.canary_available(target, state.canary_workload)
             if not ok:
                 new = rollout.rollback(
@@ -297,10 +299,17 @@ class Controller:
                 new = rollout.wait_for_gate(
                     state, now=now, since=gate.waiting_since or now, reason=gate.detail
                 )
-                self.event(self.commit(new, expect=state), "AwaitingApproval", gate.detail)
+                try:
+                    vs = self.commit(new, expect=state, guard=True)
+                except WeightsChangedError as exc:
+                    return self.pause_for_change(state, str(exc))
+                self.event(vs, "AwaitingApproval", gate.detail)
                 log.info("gate.closed", kind=kind, detail=gate.detail)
                 return new
-        vs = self.commit(decision.state, expect=state)
+        try:  # a rollback always goes through; any other decision never overwrites a change
+            vs = self.commit(decision.state, expect=state, guard=decision.action != "rollback")
+        except WeightsChangedError as exc:
+            return self.pause_for_change(state, str(exc))
         reason = {
             "advance": "StepAdvanced",
             "hold": "AnalysisHeld",
@@ -318,6 +327,19 @@ class Controller:
             reason=decision.reason,
         )
         return decision.state
+
+    def pause_for_change(self, state: RolloutState, change: str) -> RolloutState:
+        """Another writer changed the weights: pause (writing only the state), never write
+        over them; ``resume`` re-applies canaryctl's weights, ``rollback`` ends the rollout."""
+        reason = (
+            f"weights changed by another writer: {change}; paused without touching them "
+            f"(`canaryctl resume` re-applies {100 - state.weight}/{state.weight}, "
+            "`canaryctl rollback` sends all traffic to stable)"
+        )
+        new = rollout.pause(state, reason=reason, now=self.clock())
+        self.event(self.commit(new, expect=state), "WeightsChanged", reason, warning=True)
+        log.warning("weights.changed", change=change)
+        return new
 
     def _fail_to_stable(
         self, state: RolloutState, reason: str, now: float, cause: InfraError
@@ -392,7 +414,9 @@ class Controller:
             self.sleep(max(0.05, min(poll, left, 0.5)))
 
     def drive(self, state: RolloutState, lease: Lease | None) -> RolloutState:
-        """Run the rollout to a terminal phase (or until interrupted)."""
+        """Run the rollout to a terminal phase (or until interrupted), after repairing the
+        followers a process that died between two patches left behind."""
+        followers.sync(self.router, state, guard=True, sleep=self.sleep)
         while state.active:
             state = self.wait_until_due(state, lease)
             if state.phase not in rollout.ANALYSED_PHASES:

@@ -7,12 +7,13 @@ never leaves anything changed in the cluster.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import structlog
 
-from canaryctl import rollout
+from canaryctl import followers, rollout
 from canaryctl.controller import Controller, Interrupted, StateChangedError, read_state
 from canaryctl.errors import (
     EXIT_INFRA,
@@ -24,6 +25,8 @@ from canaryctl.errors import (
     UsageError,
 )
 from canaryctl.hooks import UrlFileError, dest, target_url
+from canaryctl.mesh._base import Workloads
+from canaryctl.mesh.group import Member, mesh_warning
 from canaryctl.mesh.routes import apply_patch, weight_patch, weights_of
 from canaryctl.metrics._base import QueryContext
 from canaryctl.policy import AnalysisPolicy
@@ -57,6 +60,7 @@ class Result:
         if s is not None:
             out.update(
                 virtualService=s.virtual_service,
+                followers=s.followers,
                 stable=dest(s.stable),
                 canary=dest(s.canary),
                 stableWorkload=s.stable_workload,
@@ -90,15 +94,19 @@ def locate(
     *,
     app: str,
     namespace: str,
-    vs_name: str | None,
+    vs_names: Sequence[str],
     candidates: list[dict[str, Any]] | None = None,
 ) -> tuple[dict[str, Any] | None, RolloutState | None]:
     """The VirtualService carrying this app's rollout state, if any (active ones first),
-    among ``candidates`` (read now if None)."""
+    among ``candidates`` (read now if None) and the primaries their pointers name (a verb
+    given only a follower with ``--virtual-service`` finds the rollout it belongs to)."""
     if candidates is None:
-        candidates = ctl.router.candidates(namespace, vs_name)
+        candidates = ctl.router.candidates(namespace, vs_names)
+    names = {vs["metadata"]["name"] for vs in candidates}
+    pointed = {str(followers.read_ref(vs).get("virtualService", "")) for vs in candidates}
+    extra = [ctl.router.read(namespace, n) for n in sorted(pointed - names - {""})]
     found: list[tuple[dict[str, Any], RolloutState]] = []
-    for vs in candidates:
+    for vs in [*candidates, *extra]:
         st = read_state(vs)
         if st is not None and st.app == app:
             found.append((vs, st))
@@ -112,15 +120,18 @@ def promote(
     app: str,
     namespace: str,
     policy: AnalysisPolicy,
-    vs_name: str | None = None,
+    vs_names: Sequence[str] = (),
     canary: str | None = None,
+    route_names: Sequence[str] | None = None,
+    primary: str | None = None,
     dry_run: bool = False,
     wait: bool = True,
     force: bool = False,
 ) -> Result:
-    """Start a rollout (or attach to the one in progress) and follow it to its end."""
-    candidates = ctl.router.candidates(namespace, vs_name)
-    _, state = locate(ctl, app=app, namespace=namespace, vs_name=vs_name, candidates=candidates)
+    """Start a rollout (or attach to the one in progress) and follow it to its end.
+    ``primary``: the VirtualService to carry the state (a declarative start's)."""
+    candidates = ctl.router.candidates(namespace, vs_names)
+    _, state = locate(ctl, app=app, namespace=namespace, vs_names=vs_names, candidates=candidates)
     if state is not None and state.active:
         if canary and canary not in (state.canary.get("subset"), state.canary.get("host")):
             raise UsageError(
@@ -139,9 +150,17 @@ def promote(
         raise RolloutStateError(f"--force: no rollout of {app} in progress in {namespace}")
 
     _check_url_files(policy)
-    target, vs = ctl.router.find(
-        app=app, namespace=namespace, vs_name=vs_name, canary=canary, candidates=candidates
+    members = ctl.router.find(
+        app=app,
+        namespace=namespace,
+        names=vs_names,
+        canary=canary,
+        route_names=route_names,
+        primary=primary,
+        candidates=candidates,
     )
+    target = members[0][0]
+    warnings = _warnings(members, app=app, namespace=namespace)
     workloads = ctl.router.preflight(target)
     spec = policy.spec
     provider = ctl.provider_for(spec.prometheus)
@@ -157,36 +176,26 @@ def promote(
             )
             provider.validate_query(provider.render(metric, ctx, workloads.canary))
     now = ctl.clock()
-    state = rollout.begin(
-        app=app,
-        namespace=namespace,
-        virtual_service=target.vs_name,
-        mode=target.mode,
-        stable={"host": target.stable.host, "subset": target.stable.subset},
-        canary={"host": target.canary.host, "subset": target.canary.subset},
-        stable_workload=workloads.stable,
-        canary_workload=workloads.canary,
-        policy=policy.snapshot(),
-        current_canary_weight=target.canary_weight,
-        now=now,
+    state = begin_rollout(
+        members, workloads=workloads, policy=policy, route_names=route_names, now=now
     )
     if dry_run:
-        ops = weight_patch(
-            target, canary_weight=state.weight, annotations={ANNOTATION: state.to_json()}, vs=vs
-        )
-        after = apply_patch(vs, ops)
-        plan = {
-            "virtualService": target.vs_name,
-            "mode": target.mode,
-            "currentWeights": weights_of(vs, target),
-            "steps": state.steps,
-            "interval": spec.interval,
-            "firstPatch": ops,
-            "weightsAfterFirstPatch": weights_of(after, target),
-        }
-        return Result(
-            "planned", app, namespace, EXIT_OK, state, "dry run: nothing written", {"plan": plan}
-        )
+        plans = []
+        for t, obj in members:
+            ann = {ANNOTATION: state.to_json()} if t is target else {}
+            ops = weight_patch(t, canary_weight=state.weight, annotations=ann, vs=obj)
+            plans.append(
+                {
+                    "virtualService": t.vs_name,
+                    "mode": t.mode,
+                    "currentWeights": weights_of(obj, t),
+                    "firstPatch": ops,
+                    "weightsAfterFirstPatch": weights_of(apply_patch(obj, ops), t),
+                }
+            )
+        plan = {**plans[0], "steps": state.steps, "interval": spec.interval, "followers": plans[1:]}
+        extra = {"plan": plan, **warnings}
+        return Result("planned", app, namespace, EXIT_OK, state, "dry run: nothing written", extra)
     failure = ctl.hooks.pre_rollout(state)
     if failure is not None:
         raise PreflightError(
@@ -221,21 +230,58 @@ def promote(
             stable=dest(state.stable),
         )
         if not wait:
-            return Result(
-                "started",
-                app,
-                namespace,
-                EXIT_OK,
-                state,
-                "started; `canaryctl reconcile` or `canaryctl run` continues it",
-            )
+            msg = "started; `canaryctl reconcile` or `canaryctl run` continues it"
+            return Result("started", app, namespace, EXIT_OK, state, msg, warnings)
         try:
             final = ctl.drive(state, lease)
         except Interrupted:
             return _interrupted(ctl, state, app)
     finally:
         lease.release()
-    return from_state(final, app)
+    res = from_state(final, app)
+    res.extra.update(warnings)
+    return res
+
+
+def begin_rollout(
+    members: Sequence[Member],
+    *,
+    workloads: Workloads,
+    policy: AnalysisPolicy,
+    route_names: Sequence[str] | None,
+    now: float,
+) -> RolloutState:
+    """The state of a new rollout of ``members`` (the primary first), before its first write."""
+    target = members[0][0]
+    state = rollout.begin(
+        app=target.app,
+        namespace=target.namespace,
+        virtual_service=target.vs_name,
+        mode=target.mode,
+        stable={"host": target.stable.host, "subset": target.stable.subset},
+        canary={"host": target.canary.host, "subset": target.canary.subset},
+        stable_workload=workloads.stable,
+        canary_workload=workloads.canary,
+        policy=policy.snapshot(),
+        current_canary_weight=max(t.canary_weight for t, _ in members),
+        now=now,
+    )
+    return replace(
+        state,
+        followers=[t.vs_name for t, _ in members[1:]],
+        routes=list(route_names) if route_names else None,
+    )
+
+
+def _warnings(members: Sequence[Member], *, app: str, namespace: str) -> dict[str, list[str]]:
+    """``{"warnings": [...]}`` for the result (and logged) when in-mesh callers bypass the
+    VirtualServices moved; ``{}`` otherwise. A warning, not an error: the gateway traffic is
+    still shifted and judged."""
+    text = mesh_warning([vs for _, vs in members], app=app, namespace=namespace)
+    if text is None:
+        return {}
+    log.warning("mesh.bypassed", detail=text)
+    return {"warnings": [text]}
 
 
 def _interrupted(ctl: Controller, state: RolloutState, app: str) -> Result:
@@ -252,10 +298,15 @@ def _interrupted(ctl: Controller, state: RolloutState, app: str) -> Result:
 
 
 def _attach_existing(ctl: Controller, *, app: str, namespace: str, vs_name: str) -> Result:
-    _, state = locate(ctl, app=app, namespace=namespace, vs_name=vs_name)
-    if state is None:
-        raise RolloutStateError(f"another process is starting a rollout of {app}; try again")
-    return _follow(ctl, state, app)
+    """Follow the rollout another process holds the lease of. It may not have written its
+    first step yet (it took the lease a moment ago, on a loaded machine seconds ago): look
+    again for a few seconds before giving up."""
+    for _ in range(20):
+        _, state = locate(ctl, app=app, namespace=namespace, vs_names=[vs_name])
+        if state is not None:
+            return _follow(ctl, state, app)
+        ctl.sleep(0.5)
+    raise RolloutStateError(f"another process is starting a rollout of {app}; try again")
 
 
 def _follow(ctl: Controller, state: RolloutState, app: str) -> Result:
@@ -268,9 +319,9 @@ def _follow(ctl: Controller, state: RolloutState, app: str) -> Result:
 
 
 def _require_active(
-    ctl: Controller, app: str, namespace: str, vs_name: str | None, verb: str
+    ctl: Controller, app: str, namespace: str, vs_names: Sequence[str], verb: str
 ) -> RolloutState:
-    _, state = locate(ctl, app=app, namespace=namespace, vs_name=vs_name)
+    _, state = locate(ctl, app=app, namespace=namespace, vs_names=vs_names)
     if state is None or not state.active:
         raise RolloutStateError(f"{verb}: no rollout of {app} in progress in {namespace}")
     return state
@@ -325,51 +376,59 @@ def force_promote(ctl: Controller, state: RolloutState) -> Result:
     return from_state(new, state.app)
 
 
-def pause(ctl: Controller, *, app: str, namespace: str, vs_name: str | None) -> Result:
-    state = _require_active(ctl, app, namespace, vs_name, "pause")
+def pause(ctl: Controller, *, app: str, namespace: str, vs_names: Sequence[str]) -> Result:
+    state = _require_active(ctl, app, namespace, vs_names, "pause")
     if state.phase == "Paused":
         return Result("paused", app, namespace, EXIT_OK, state, "already paused")
     new = rollout.pause(state, reason=f"paused by operator at {state.weight}%", now=ctl.clock())
     return Result("paused", app, namespace, EXIT_OK, _operate(ctl, state, new, "Paused", False))
 
 
-def resume(ctl: Controller, *, app: str, namespace: str, vs_name: str | None) -> Result:
-    state = _require_active(ctl, app, namespace, vs_name, "resume")
+def resume(ctl: Controller, *, app: str, namespace: str, vs_names: Sequence[str]) -> Result:
+    state = _require_active(ctl, app, namespace, vs_names, "resume")
     if state.phase != "Paused":
         return Result("resumed", app, namespace, EXIT_OK, state, "not paused")
     new = rollout.resume(state, now=ctl.clock())
     return Result("resumed", app, namespace, EXIT_OK, _operate(ctl, state, new, "Resumed", False))
 
 
-def rollback(ctl: Controller, *, app: str, namespace: str, vs_name: str | None) -> Result:
+def rollback(ctl: Controller, *, app: str, namespace: str, vs_names: Sequence[str]) -> Result:
     """All traffic to stable now. With a rollout in progress its state records the rollback;
-    without one, the split route found by weight is set to stable 100 / canary 0."""
-    candidates = ctl.router.candidates(namespace, vs_name)
-    _, state = locate(ctl, app=app, namespace=namespace, vs_name=vs_name, candidates=candidates)
+    without one, the split routes found by weight are set to stable 100 / canary 0."""
+    candidates = ctl.router.candidates(namespace, vs_names)
+    _, state = locate(ctl, app=app, namespace=namespace, vs_names=vs_names, candidates=candidates)
     if state is not None and state.active:
         new = rollout.rollback(state, reason="rolled back by operator", now=ctl.clock())
         new = _operate(ctl, state, new, "RolledBack", True)
         return Result("rolled_back", app, namespace, EXIT_OK, new, new.reason)
-    target, vs = ctl.router.find(
-        app=app, namespace=namespace, vs_name=vs_name, canary=None, candidates=candidates
-    )
-    if target.canary_weight == 0:
+    members = ctl.router.find(app=app, namespace=namespace, names=vs_names, candidates=candidates)
+    moved = [(t, vs) for t, vs in members if t.canary_weight > 0]
+    for target, vs in moved:
+        ctl.router.write(target, vs, canary_weight=0, annotations={})
+    if not moved:
         return Result("rolled_back", app, namespace, EXIT_OK, state, "traffic already on stable")
-    ctl.router.write(target, vs, canary_weight=0, annotations={})
-    msg = f"traffic moved to {target.stable.label()} (was {100 - target.canary_weight}%)"
+    msg = "; ".join(
+        f"{t.vs_name}: traffic moved to {t.stable.label()} (was {100 - t.canary_weight}%)"
+        for t, _ in moved
+    )
     return Result("rolled_back", app, namespace, EXIT_OK, state, msg)
 
 
-def status(ctl: Controller, *, app: str, namespace: str, vs_name: str | None) -> Result:
-    candidates = ctl.router.candidates(namespace, vs_name)
-    _, state = locate(ctl, app=app, namespace=namespace, vs_name=vs_name, candidates=candidates)
+def status(ctl: Controller, *, app: str, namespace: str, vs_names: Sequence[str]) -> Result:
+    """The rollout recorded for ``app`` (or, without one, how its routes split), with the
+    warning when in-mesh callers bypass the VirtualServices moved."""
+    candidates = ctl.router.candidates(namespace, vs_names)
+    _, state = locate(ctl, app=app, namespace=namespace, vs_names=vs_names, candidates=candidates)
     if state is not None:
+        names = {state.virtual_service, *state.followers}
+        moved = [v for v in candidates if v["metadata"]["name"] in names]
         res = from_state(state, app)
         res.exit_code = EXIT_OK
+        text = mesh_warning(moved, app=app, namespace=namespace)
+        res.extra.update({"warnings": [text]} if text else {})
         return res
-    target, vs = ctl.router.find(
-        app=app, namespace=namespace, vs_name=vs_name, canary=None, candidates=candidates
-    )
+    members = ctl.router.find(app=app, namespace=namespace, names=vs_names, candidates=candidates)
+    target, vs = members[0]
     return Result(
         "no_rollout",
         app,
@@ -378,7 +437,11 @@ def status(ctl: Controller, *, app: str, namespace: str, vs_name: str | None) ->
         None,
         f"no rollout recorded; {target.vs_name} sends {100 - target.canary_weight}% to "
         f"{target.stable.label()} and {target.canary_weight}% to {target.canary.label()}",
-        {"virtualService": target.vs_name, "weights": weights_of(vs, target)},
+        {
+            "virtualService": target.vs_name,
+            "weights": weights_of(vs, target),
+            **_warnings(members, app=app, namespace=namespace),
+        },
     )
 
 

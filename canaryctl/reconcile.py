@@ -6,7 +6,9 @@ another live process holds it), analyses the window since the step began, and ad
 rolls back or promotes (one guarded write). Paused rollouts are skipped. A VirtualService
 annotated ``canaryctl.io/promote: <canary subset or host>`` (optionally with
 ``canaryctl.io/policy: <ConfigMap>``) starts a rollout declaratively, for GitOps; the annotations
-are removed in the same patch that writes the first step.
+are removed in the same patch that writes the first step, and a trigger naming the canary of the
+rollout that already ended there (re-applied by a GitOps tool) is skipped. Before anything else,
+the VirtualServices a crash left behind in a rollout (ended ones too) are repaired.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any
 
 import structlog
 
-from canaryctl import operations
+from canaryctl import followers, operations
 from canaryctl.controller import Controller, RolloutInfraError, StateChangedError, read_state
 from canaryctl.errors import CanaryctlError, InfraError, InputError, NotFoundError, PolicyError
 from canaryctl.policy import AnalysisPolicy, load_policy, parse_policy_text
@@ -108,7 +110,7 @@ def _start(ctl: Controller, vs: dict[str, Any]) -> Outcome:
         app=app,
         namespace=ns,
         policy=policy,
-        vs_name=name,
+        primary=name,
         canary=str(ann[PROMOTE_ANNOTATION]) or None,
         wait=False,
     )
@@ -144,15 +146,48 @@ def _advance(ctl: Controller, state: RolloutState, now: float) -> Outcome:
     return _outcome(new, action, new.reason)
 
 
+def _already_done(state: RolloutState | None, trigger: Any) -> Outcome | None:
+    """A skip when the trigger names the canary of the rollout that already ended on this
+    object: a GitOps tool re-applying the annotation (canaryctl removed it when starting) must
+    not start the same release again. Another release is another value (or ``promote``)."""
+    if state is None or state.active or trigger is None:
+        return None
+    if str(trigger) not in (state.canary.get("subset"), state.canary.get("host")):
+        return None
+    detail = f"{PROMOTE_ANNOTATION}: {trigger} already ended ({state.phase}); not started again"
+    return _outcome(state, "skipped", detail)
+
+
+def _repair(ctl: Controller, state: RolloutState, listed: dict[tuple[str, str], Any]) -> None:
+    """Followers left behind by a crash between two patches are repaired first, whatever the
+    phase (an ended rollout too), under the rollout's lease; a live holder repairs them itself."""
+    mine = {name: vs for (ns, name), vs in listed.items() if ns == state.namespace}
+    if not followers.lagging(state, mine):
+        return
+    lease = ctl.lease_for(state)
+    if lease.acquire(ctl.clock()):
+        try:
+            followers.sync(ctl.router, state, guard=True, sleep=ctl.sleep)
+        finally:
+            lease.release()
+
+
 def reconcile(ctl: Controller, *, namespace: str | None) -> Report:
     report = Report()
-    for vs in ctl.router.list(namespace):
+    listed = ctl.router.list(namespace)
+    by_name = {(v["metadata"].get("namespace", ""), v["metadata"]["name"]): v for v in listed}
+    for vs in listed:
         meta = vs.get("metadata", {})
         ns, name = meta.get("namespace", namespace or ""), meta.get("name", "")
         try:
             state = read_state(vs)
             ann = meta.get("annotations") or {}
-            if (state is None or not state.active) and PROMOTE_ANNOTATION in ann:
+            if state is not None:
+                _repair(ctl, state, by_name)
+            done = _already_done(state, ann.get(PROMOTE_ANNOTATION))
+            if done is not None:
+                outcome = done
+            elif (state is None or not state.active) and PROMOTE_ANNOTATION in ann:
                 outcome = _start(ctl, vs)
             elif state is None or not state.active:
                 if state is not None:

@@ -36,6 +36,7 @@ def result_text(data: dict[str, Any]) -> str:
     lines = [head]
     if data.get("message"):
         lines.append(f"  {data['message']}")
+    lines += [f"  warning: {w}" for w in data.get("warnings", [])]
     if "phase" in data:
         lines.append(
             f"  {data['virtualService']}: stable {data['stable']} {100 - data['weight']}% / "
@@ -43,6 +44,8 @@ def result_text(data: dict[str, Any]) -> str:
             f"(phase {data['phase']}, step {data['step']}/{data['stepsTotal']}, "
             f"judge {data['judge']}{', forced' if data.get('forced') else ''})"
         )
+        if data.get("followers"):
+            lines.append(f"  moved with it: {', '.join(data['followers'])}")
         if data.get("reason") and data.get("reason") != data.get("message"):
             lines.append(f"  reason: {data['reason']}")
         if data.get("steps"):
@@ -58,6 +61,10 @@ def result_text(data: dict[str, Any]) -> str:
             f"  weights now {plan['currentWeights']} -> after first patch "
             f"{plan['weightsAfterFirstPatch']} (stable, canary)"
         )
+        lines += [
+            f"  with {f['virtualService']}: {f['currentWeights']} -> {f['weightsAfterFirstPatch']}"
+            for f in plan.get("followers", [])
+        ]
         lines.append("  first patch (application/json-patch+json):")
         for op in plan["firstPatch"]:
             value = op.get("value", "")

@@ -27,6 +27,9 @@ PROMOTE_ANNOTATION = "canaryctl.io/promote"
 POLICY_ANNOTATION = "canaryctl.io/policy"
 # The app a declarative start is for, when the routes do not tell (see mesh.routes.infer_app).
 APP_ANNOTATION = "canaryctl.io/app"
+REF_ANNOTATION = (
+    "canaryctl.io/rollout-ref"  # on followers: {"virtualService", "startedAt", "weight"}
+)
 STATE_VERSION = 1
 HISTORY_LIMIT = 20  # analyses kept in the annotation; older ones are counted, not stored
 
@@ -81,6 +84,11 @@ class RolloutState:
     history_dropped: int = 0
     counts: list[dict[str, Any]] = field(default_factory=list)  # per analysis, for sequential
     version: int = STATE_VERSION
+    # --- several VirtualServices, named routes (README "How it works") ---------------------
+    # the other VirtualServices moved with this one; each carries REF_ANNOTATION (a pointer
+    # here, with the weight canaryctl last wrote to it)
+    followers: list[str] = field(default_factory=list)
+    routes: list[str] | None = None  # --route: only the HTTP routes of these names
 
     # --- derived --------------------------------------------------------------------------
     @property

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from canaryctl.mesh.routes import Destination, Target
+from canaryctl.mesh.routes import Target
 
 
 @dataclass(frozen=True)
@@ -28,19 +28,23 @@ class TrafficRouter(Protocol):
 
     def list(self, namespace: str | None) -> list[dict[str, Any]]: ...
 
-    def candidates(self, namespace: str, vs_name: str | None) -> builtins.list[dict[str, Any]]: ...
+    def candidates(
+        self, namespace: str, names: Sequence[str] = ()
+    ) -> builtins.list[dict[str, Any]]: ...
 
     def find(
         self,
         *,
         app: str,
         namespace: str,
-        vs_name: str | None,
-        canary: str | None,
-        known: tuple[Destination, Destination] | None = None,
+        names: Sequence[str] = (),
+        canary: str | None = None,
+        route_names: Sequence[str] | None = None,
+        primary: str | None = None,
         candidates: Sequence[dict[str, Any]] | None = None,
-    ) -> tuple[Target, dict[str, Any]]:
-        """The split to drive among ``candidates`` (fetched by ``candidates()`` if None)."""
+    ) -> builtins.list[tuple[Target, dict[str, Any]]]:
+        """Every VirtualService to move (``mesh.group``), the primary first, among
+        ``candidates`` (fetched by ``candidates()`` if None)."""
         ...
 
     def app_of(self, route_object: dict[str, Any]) -> str | None:
@@ -58,6 +62,10 @@ class TrafficRouter(Protocol):
         *,
         canary_weight: int,
         annotations: dict[str, str | None],
+    ) -> dict[str, Any]: ...
+
+    def annotate(
+        self, vs: dict[str, Any], annotations: dict[str, str | None]
     ) -> dict[str, Any]: ...
 
 

@@ -12,9 +12,9 @@ from typing import Any
 
 from canaryctl.errors import NotFoundError, PreflightError, TargetNotFoundError
 from canaryctl.kube import KubeClient
-from canaryctl.mesh import routes
+from canaryctl.mesh import group, routes
 from canaryctl.mesh._base import Workloads
-from canaryctl.mesh.routes import Destination, Target
+from canaryctl.mesh.routes import Target
 
 
 class IstioRouter:
@@ -35,10 +35,12 @@ class IstioRouter:
     def list(self, namespace: str | None) -> list[dict[str, Any]]:
         return self.kube.list_istio("virtualservices", namespace)
 
-    def candidates(self, namespace: str, vs_name: str | None) -> builtins.list[dict[str, Any]]:
-        """The VirtualService named ``vs_name``, or all of the namespace."""
-        if vs_name:
-            return [self.read(namespace, vs_name)]
+    def candidates(
+        self, namespace: str, names: Sequence[str] = ()
+    ) -> builtins.list[dict[str, Any]]:
+        """The VirtualServices named ``names``, or all of the namespace."""
+        if names:
+            return [self.read(namespace, name) for name in names]
         try:
             return self.list(namespace)
         except NotFoundError:
@@ -51,18 +53,24 @@ class IstioRouter:
         *,
         app: str,
         namespace: str,
-        vs_name: str | None,
-        canary: str | None,
-        known: tuple[Destination, Destination] | None = None,
+        names: Sequence[str] = (),
+        canary: str | None = None,
+        route_names: Sequence[str] | None = None,
+        primary: str | None = None,
         candidates: Sequence[dict[str, Any]] | None = None,
-    ) -> tuple[Target, dict[str, Any]]:
+    ) -> builtins.list[tuple[Target, dict[str, Any]]]:
         if candidates is None:
-            candidates = self.candidates(namespace, vs_name)
-        target = routes.find_target(
-            candidates, app=app, namespace=namespace, vs_name=vs_name, canary=canary, known=known
+            candidates = self.candidates(namespace, names)
+        found = group.find_group(
+            candidates,
+            app=app,
+            namespace=namespace,
+            names=names,
+            canary=canary,
+            route_names=route_names,
+            primary=primary,
         )
-        vs = next(v for v in candidates if v["metadata"]["name"] == target.vs_name)
-        return target, vs
+        return [(target, dict(vs)) for target, vs in found]
 
     @staticmethod
     def _deployment(
@@ -150,3 +158,8 @@ class IstioRouter:
             target, canary_weight=canary_weight, annotations=annotations, vs=vs
         )
         return self.kube.patch_virtual_service(target.namespace, target.vs_name, ops)
+
+    def annotate(self, vs: dict[str, Any], annotations: dict[str, str | None]) -> dict[str, Any]:
+        meta = vs["metadata"]
+        ops = routes.annotation_patch(vs, annotations)
+        return self.kube.patch_virtual_service(meta["namespace"], meta["name"], ops)

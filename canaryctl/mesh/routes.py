@@ -81,6 +81,7 @@ class SplitRoute:
     canary_index: int
     stable_has_weight: bool = True  # False: the weight key is absent (patch must "add" it)
     canary_has_weight: bool = True
+    add_canary: Mapping[str, Any] | None = None  # a plain route: the canary entry to insert
 
 
 @dataclass(frozen=True)
@@ -138,10 +139,21 @@ def _fmt(keys: Sequence[Key]) -> str:
     return " / ".join(f"{h}/{s}" if s else h for h, s in keys)
 
 
-def _candidates(vs: Obj, app: str, namespace: str) -> list[int]:
+def route_indexes(vs: Obj, route_names: Sequence[str] | None) -> list[int]:
+    """Indexes of the HTTP routes of ``vs`` named in ``route_names`` (all when None)."""
+    return [
+        i
+        for i, http in enumerate(_http(vs))
+        if route_names is None or http.get("name") in route_names
+    ]
+
+
+def _candidates(vs: Obj, app: str, namespace: str, route_names: Sequence[str] | None) -> list[int]:
     """Indexes of HTTP routes holding two or more distinct destinations of the app."""
     found = []
-    for index, http in enumerate(_http(vs)):
+    http_routes = _http(vs)
+    for index in route_indexes(vs, route_names):
+        http = http_routes[index]
         keys = {Destination.of(e).key(namespace) for e in _entries(http)}
         hosts = {h for h, _ in keys if _belongs(h, app)}
         mine = [k for k in keys if k[0] in hosts]
@@ -174,8 +186,10 @@ def find_target(
     vs_name: str | None = None,
     canary: str | None = None,
     known: tuple[Destination, Destination] | None = None,
+    route_names: Sequence[str] | None = None,
 ) -> Target:
-    """The split to drive for ``app``. ``known`` = (stable, canary) of a rollout in progress."""
+    """The split to drive for ``app``. ``known`` = (stable, canary) of a rollout in progress;
+    ``route_names`` (``--route``) limits it to the HTTP routes of those names."""
     in_ns = [v for v in virtual_services if _at(v, "metadata", "namespace") in (None, namespace)]
     names = _csv([_name(vs) for vs in in_ns])
     if vs_name is not None:
@@ -185,7 +199,9 @@ def find_target(
                 f"VirtualService {vs_name} not found in namespace {namespace} (found: {names}); "
                 "check --virtual-service"
             )
-    candidates = [(vs, idx) for vs in in_ns if (idx := _candidates(vs, app, namespace))]
+    candidates = [
+        (vs, idx) for vs in in_ns if (idx := _candidates(vs, app, namespace, route_names))
+    ]
     if not candidates:
         raise TargetNotFoundError(
             f"no HTTP route splits {app} between two subsets or two {app}-* hosts in "
@@ -321,9 +337,15 @@ def weight_patch(
         has = [r.stable_has_weight, r.canary_has_weight]
         if vs is not None:
             entries = _entries(_http(vs)[r.http_index])
-            has = ["weight" in entries[r.stable_index], "weight" in entries[r.canary_index]]
+            has = ["weight" in entries[r.stable_index], r.canary_has_weight]
+            if r.add_canary is None:
+                has[1] = "weight" in entries[r.canary_index]
         sides = ((r.stable_index, 100 - canary_weight), (r.canary_index, canary_weight))
         for present, (index, weight) in zip(has, sides, strict=True):
+            if index == r.canary_index and r.add_canary is not None:  # a plain route is split
+                entry = {**r.add_canary, "weight": weight}
+                ops.append({"op": "add", "path": f"{base}/{index}", "value": entry})
+                continue
             op = "replace" if present else "add"
             ops.append({"op": op, "path": f"{base}/{index}/weight", "value": weight})
         if target.canary_rewritten:
@@ -331,7 +353,23 @@ def weight_patch(
             ops.append(
                 {"op": "replace", "path": path, "value": getattr(target.canary, target.mode)}
             )
-    changes = dict(annotations or {})
+    return ops + _annotation_ops(keys, annotations or {})
+
+
+def annotation_patch(vs: Obj, annotations: Mapping[str, str | None]) -> list[dict[str, Any]]:
+    """RFC 6902 patch changing only annotations, guarded by the resourceVersion of ``vs``:
+    what a pause writes when another writer changed the weights (they are left alone)."""
+    rv = str(_at(vs, "metadata", "resourceVersion") or "")
+    if not rv:
+        raise ValueError(f"VirtualService {_name(vs)} has no resourceVersion to patch against")
+    guard = {"op": "replace", "path": "/metadata/resourceVersion", "value": rv}
+    return [guard, *_annotation_ops(_annotation_keys(vs), annotations)]
+
+
+def _annotation_ops(
+    keys: frozenset[str] | None, changes: Mapping[str, str | None]
+) -> list[dict[str, Any]]:
+    ops: list[dict[str, Any]] = []
     if keys is None and any(v is not None for v in changes.values()):
         ops.append({"op": "add", "path": "/metadata/annotations", "value": {}})
     for key, value in changes.items():
@@ -355,9 +393,15 @@ def apply_patch(doc: Obj, ops: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def weights_of(vs: Obj, target: Target) -> list[tuple[int, int]]:
-    """(stable, canary) weight of every split route of ``target`` in ``vs``; missing = 0."""
+    """(stable, canary) weight of every split route of ``target`` in ``vs``; missing = 0, and
+    a plain route not split yet is (100, 0): its one destination receives all its traffic."""
     found = [(_entries(_http(vs)[r.http_index]), r) for r in target.routes]
-    return [(_weight(e[r.stable_index]), _weight(e[r.canary_index])) for e, r in found]
+    return [
+        (_weight(e[r.stable_index]), _weight(e[r.canary_index]))
+        if len(e) > r.canary_index
+        else (100, 0)
+        for e, r in found
+    ]
 
 
 def destination_rule_subsets(

@@ -200,7 +200,7 @@ def test_reconcile_pass_skips_a_rollout_paused_after_it_was_listed(world: World)
     listed = read_state(ctl.router.list("istio-apl")[0])
     assert listed == started.state
     time.sleep(1.1)  # the step is due
-    paused = operations.pause(ctl, app="rest-apl", namespace="istio-apl", vs_name=None)
+    paused = operations.pause(ctl, app="rest-apl", namespace="istio-apl", vs_names=())
     assert paused.state is not None and paused.state.phase == "Paused"
     writes = len(world.cluster_writes())
     outcome = reconcile._advance(ctl, listed, ctl.clock())

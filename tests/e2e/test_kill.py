@@ -10,11 +10,13 @@ import random
 import signal
 import subprocess
 import time
+from typing import Any
 
 import pytest
 
+from canaryctl.rollout import REF_ANNOTATION
 from canaryctl.sandbox import load_manifests, manifests_dir
-from tests.e2e.conftest import World
+from tests.e2e.conftest import NS, World
 
 RUNS = 10  # per mode: 20 runs in all
 STEPS = [50, 100]
@@ -127,3 +129,95 @@ def test_sigkill_at_random_moments_loses_nothing(
         assert sorted(set(world.written_weights())) == STEPS
     assert kills >= RUNS, f"only {kills} kills happened"
     print(json.dumps({"mode": mode, "runs": RUNS, "kills": kills}))
+
+
+TWO_OBJECT_RUNS = 3
+FOLLOWER_DELAY = 0.4  # the emulator holds every read of rest-apl-mesh this long
+
+
+def _follower_lags(world: World, state: dict[str, Any] | None) -> bool:
+    """rest-apl-mesh is consistent with itself (its weights are the ones its pointer records;
+    each route sums to 100) and at most behind the state, never ahead; True when behind."""
+    vs = world.sb.emulator.get("networking.istio.io/v1", "VirtualService", NS, "rest-apl-mesh")
+    assert vs is not None
+    weights = [int(d.get("weight", 100)) for d in vs["spec"]["http"][0]["route"]]
+    assert sum(weights) == 100, weights
+    text = (vs["metadata"].get("annotations") or {}).get(REF_ANNOTATION)
+    if text is None:  # never written yet: still the plain route of the manifest
+        assert weights == [100]
+        return state is not None
+    assert state is not None
+    ref = json.loads(text)
+    assert ref["startedAt"] == state["started_at"] and weights == [
+        100 - ref["weight"],
+        ref["weight"],
+    ]
+    assert ref["weight"] in STEPS[: STEPS.index(state["weight"]) + 1], (ref, state["weight"])
+    return bool(ref["weight"] != state["weight"])
+
+
+def _kill_between_patches(world: World, proc: subprocess.Popen[str], delay: float) -> bool:
+    """SIGKILL ``delay`` s after a write of the primary landed, while the read before the
+    follower's patch is held FOLLOWER_DELAY s by the emulator (so that patch is never sent);
+    False when it ended first."""
+    seen = len(world.sb.emulator.writes)
+    while proc.poll() is None:
+        if any(
+            w.path.endswith("/rest-apl-vs") and w.landed for w in world.sb.emulator.writes[seen:]
+        ):
+            killed = _kill_at(proc, delay)
+            time.sleep(FOLLOWER_DELAY + 0.2)  # a request in flight still completes, as on a server
+            return killed
+        time.sleep(0.01)
+    return False
+
+
+def _first_vs_write(world: World, proc: subprocess.Popen[str], seen: int) -> str | None:
+    """The VirtualService of the first write ``proc`` lands (None if it ends without one)."""
+    while True:
+        for w in world.sb.emulator.writes[seen:]:
+            if "/virtualservices/" in w.path and w.landed:
+                return str(w.path.rsplit("/", 1)[1])
+        if proc.poll() is not None:
+            return None
+        time.sleep(0.01)
+
+
+def test_sigkill_between_the_two_patches_of_a_step_loses_nothing(
+    world: World, short_leases: None
+) -> None:
+    """rest-apl-vs and rest-apl-mesh move together; ``promote`` is SIGKILLed right after a
+    write of the primary, before the follower's. The follower is never half-written or ahead,
+    the next process writes it before anything else, and every run ends with both at 0/100
+    (an ended rollout's follower is repaired by the next ``reconcile``)."""
+    rng = random.Random("kill-two-objects")
+    policy = str(world.policy(interval="2s", minRequests=3, inconclusiveLimit=5, steps=STEPS))
+    mesh = load_manifests(manifests_dir().parent / "rest-apl-mesh")
+    lagged = 0
+    for run in range(TWO_OBJECT_RUNS):
+        _seed(world)
+        world.sb.emulator.apply(mesh)
+        world.sb.emulator.inject("GET", "/rest-apl-mesh$", None, 10**6, FOLLOWER_DELAY)
+        kills, lagging = 0, False
+        for _attempt in range(30):
+            seen = len(world.sb.emulator.writes)
+            proc = world.popen(*world.promote(policy=policy), quiet=True)
+            if lagging:
+                assert _first_vs_write(world, proc, seen) in (None, "rest-apl-mesh")
+            if kills < MAX_KILLS_PER_RUN:
+                kills += _kill_between_patches(world, proc, rng.uniform(0.0, FOLLOWER_DELAY / 2))
+            else:
+                proc.wait(timeout=120)
+            state = _check_consistent(world)
+            lagging = _follower_lags(world, state)
+            lagged += lagging
+            if state is not None and state["phase"] == "Promoted":
+                break
+        else:
+            raise AssertionError(f"run {run} did not finish: {world.state()}")
+        assert world.run("reconcile", "-n", NS).code == 0
+        assert not _follower_lags(world, world.state())
+        assert world.weights() == [("v1", 0), ("v2", 100)]
+        world.sb.emulator.clear_faults()
+    assert lagged >= TWO_OBJECT_RUNS, f"only {lagged} kills left the follower behind"
+    print(json.dumps({"runs": TWO_OBJECT_RUNS, "follower_left_behind": lagged}))

@@ -10,7 +10,9 @@ has neither) is checked the way an API server would check it, offline:
   would reject it);
 - Istio kinds against the ``openAPIV3Schema`` of Istio's own CRDs in
   ``tests/data/istio`` (a pinned copy): VirtualServices with the shared helper
-  ``tests/istio_schema.py``, DestinationRules and Gateways with the small loader below.
+  ``tests/istio_schema.py``, DestinationRules and Gateways with the small loader below;
+- Argo CD's ``Application`` and Flux's ``Kustomization`` (``gitops/``), whose CRDs are not
+  available offline, with the small structural check ``tests/gitops_shape.py``.
 
 The validation tests run with sockets disabled, so a schema that would be fetched from the
 network fails instead of passing slowly. The rest pins down what the examples promise: the
@@ -35,7 +37,7 @@ import yaml
 from canaryctl.cli import app
 from canaryctl.kube import KubeClient
 from canaryctl.policy import load_policy, parse_duration, parse_policy_text
-from tests import istio_schema
+from tests import gitops_shape, istio_schema
 from tests.istio_schema import validate_virtual_service
 
 REPO = Path(__file__).resolve().parents[2]
@@ -155,11 +157,12 @@ def test_examples_are_found() -> None:
     """The loader finds the examples (a glob that finds nothing would make every check vacuous)
     and skips what is not an API object: kustomization.yaml and the GitHub Actions workflow."""
     where = {w.split("/")[0] for w, _ in DOCS}
-    assert {"rest-apl", "cronjob", "daemon"} <= where
+    assert {"rest-apl", "rest-apl-mesh", "cronjob", "daemon", "gitops"} <= where
     assert not any(w.startswith("ci/github-actions.yaml") for w, _ in DOCS)
-    assert not any(d["kind"] == "Kustomization" for _, d in DOCS)
+    assert not any(d["apiVersion"].startswith("kustomize.config.k8s.io/") for _, d in DOCS)
     kinds = {d["kind"] for _, d in DOCS}
     assert {"CronJob", "Deployment", "Role", "ClusterRole", "VirtualService"} <= kinds
+    assert {"Application", "Kustomization"} <= kinds  # Argo CD's and Flux's (gitops/)
 
 
 def test_kubernetes_schemas_ship_offline() -> None:
@@ -176,6 +179,9 @@ def test_kubernetes_schemas_ship_offline() -> None:
 def test_manifest_is_valid(where: str, doc: dict[str, Any]) -> None:
     """The object is accepted as written: built-in kinds by the Kubernetes 1.30 OpenAPI schema
     (strict: unknown fields fail), Istio kinds by the openAPIV3Schema of Istio's CRD."""
+    if gitops_shape.handles(doc):  # no schema offline: the structural check, see its docstring
+        assert gitops_shape.gitops_errors(doc) == [], where
+        return
     if doc["apiVersion"].startswith(f"{ISTIO_GROUP}/"):
         if doc["kind"] == "VirtualService":
             validate_virtual_service(doc, doc["apiVersion"].partition("/")[2])

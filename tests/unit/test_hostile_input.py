@@ -43,6 +43,14 @@ HOSTILE = [
         (["promote", "rest-apl", "-n", "{v}"], "--namespace"),
         (["promote", "rest-apl", "--canary", "{v}"], "--canary"),
         (["promote", "rest-apl", "--virtual-service", "{v}"], "--virtual-service"),
+        (
+            ["promote", "rest-apl", "--virtual-service", "a", "--virtual-service", "{v}"],
+            "--virtual-service",
+        ),
+        (
+            ["pause", "rest-apl", "--virtual-service", "a", "--virtual-service", "{v}"],
+            "--virtual-service",
+        ),
         (["status", "{v}"], "APP"),
         (["rollback", "rest-apl", "-n", "{v}"], "--namespace"),
         (["reconcile", "-n", "{v}"], "--namespace"),

@@ -309,6 +309,17 @@ def test_from_json_ignores_unknown_fields() -> None:
     assert RolloutState.from_json(json.dumps(data)) == start()
 
 
+def test_state_written_before_followers_and_routes_reads_as_one_virtual_service_all_routes() -> (
+    None
+):
+    data = json.loads(start().to_json())
+    del data["followers"], data["routes"]
+    old = RolloutState.from_json(json.dumps(data))
+    assert (old.followers, old.routes) == ([], None)
+    moved = replace(start(), followers=["web-mesh"], routes=["default"])
+    assert RolloutState.from_json(moved.to_json()) == moved
+
+
 @pytest.mark.parametrize("version", [None, 0, 2, "1"])
 def test_from_json_rejects_other_versions(version: Any) -> None:
     data = json.loads(start().to_json())
