@@ -271,6 +271,12 @@ app.command("resume", help="Resume a paused rollout (the current step is re-meas
 app.command("status", help="Show a rollout's state and its analysis history.")(
     _simple_verb("status")
 )
+# --- finishing cleanly (finish.py) ---
+app.command(
+    "undo",
+    help="Within the policy's undoWindow after a promotion: all traffic back to the "
+    "previous version at once (exit 2 if it is no longer available).",
+)(_simple_verb("undo"))
 
 
 @app.command("list")

@@ -49,7 +49,7 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("canaryctl.notify")
 
-Event = Literal["start", "step", "pause", "resume", "rollback", "promotion", "failure"]
+Event = Literal["start", "step", "pause", "resume", "rollback", "promotion", "failure", "cleanup"]
 EVENTS: tuple[str, ...] = get_args(Event)
 TITLES = {
     "start": "Rollout started",
@@ -59,13 +59,14 @@ TITLES = {
     "rollback": "Rolled back",
     "promotion": "Promoted",
     "failure": "Rollout failed",
+    "cleanup": "Clean-up after the rollout",
 }
 COLORS = {"pause": "DAA038", "rollback": "D00000", "promotion": "2EB886", "failure": "D00000"}
 BLUE = "439FE0"
 
 
 def _default_events() -> list[Event]:
-    return ["start", "pause", "resume", "rollback", "promotion", "failure"]
+    return ["start", "pause", "resume", "rollback", "promotion", "failure", "cleanup"]
 
 
 class NotifySpec(UrlSource):
@@ -79,8 +80,8 @@ class NotifySpec(UrlSource):
     retries: int = Field(default=2, ge=0, le=10, description="Extra attempts on errors and 5xx")
     events: list[Event] = Field(
         default_factory=_default_events,
-        description="Events to send: start, step, pause, resume, rollback, promotion, failure "
-        "(default: all but step)",
+        description="Events to send: start, step, pause, resume, rollback, promotion, failure, "
+        "cleanup (default: all but step)",
     )
 
     _name = field_validator("name")(check_name)

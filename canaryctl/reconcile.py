@@ -16,7 +16,7 @@ from typing import Any
 
 import structlog
 
-from canaryctl import operations
+from canaryctl import cleanup, finish, operations
 from canaryctl.controller import Controller, RolloutInfraError, StateChangedError, read_state
 from canaryctl.errors import CanaryctlError, InfraError, InputError, NotFoundError, PolicyError
 from canaryctl.policy import AnalysisPolicy, load_policy, parse_policy_text
@@ -30,7 +30,7 @@ class Outcome:
     namespace: str
     virtual_service: str
     app: str | None
-    action: str  # started, advanced, held, promoted, rolled_back, failed, skipped, error
+    action: str  # started, advanced, held, promoted, rolled_back, failed, skipped, error, cleanup
     detail: str = ""
     phase: str | None = None
     weight: int | None = None
@@ -167,6 +167,14 @@ def _advance(ctl: Controller, state: RolloutState, now: float) -> Outcome:
     return _outcome(new, action, new.reason)
 
 
+# --- clean-up of finished rollouts (finish.py): still due at its time ---
+def _clean_up(ctl: Controller, state: RolloutState) -> Outcome:
+    new = cleanup.act(ctl, state)
+    left = finish.pending(new.cleanup)
+    detail = "; ".join(f"{t['task']} {t['target']}".strip() + f": {t['detail']}" for t in left)
+    return _outcome(new, "cleanup", f"pending: {detail}" if left else "clean-up complete")
+
+
 def reconcile(ctl: Controller, *, namespace: str | None) -> Report:
     report = Report()
     for vs in ctl.router.list(namespace):
@@ -177,6 +185,8 @@ def reconcile(ctl: Controller, *, namespace: str | None) -> Report:
             ann = meta.get("annotations") or {}
             if (state is None or not state.active) and PROMOTE_ANNOTATION in ann:
                 outcome = _start(ctl, vs)
+            elif state is not None and cleanup.due(state, ctl.clock()):
+                outcome = _clean_up(ctl, state)
             elif state is None or not state.active:
                 if state is not None:
                     report.states.append(state)

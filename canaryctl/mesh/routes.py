@@ -331,7 +331,15 @@ def weight_patch(
             ops.append(
                 {"op": "replace", "path": path, "value": getattr(target.canary, target.mode)}
             )
-    changes = dict(annotations or {})
+    return ops + annotation_ops(keys, annotations or {})
+
+
+def annotation_ops(
+    keys: frozenset[str] | None, changes: Mapping[str, str | None]
+) -> list[dict[str, Any]]:
+    """RFC 6902 ops setting ``changes`` (None removes) on an object whose annotation keys are
+    ``keys`` (None: it has no ``metadata.annotations`` map)."""
+    ops: list[dict[str, Any]] = []
     if keys is None and any(v is not None for v in changes.values()):
         ops.append({"op": "add", "path": "/metadata/annotations", "value": {}})
     for key, value in changes.items():
