@@ -18,7 +18,12 @@ import structlog
 
 from canaryctl import finish
 from canaryctl.controller import Controller, StateChangedError, read_state
-from canaryctl.errors import ClusterUnavailableError, ConflictError, RolloutStateError
+from canaryctl.errors import (
+    ClusterUnavailableError,
+    ConflictError,
+    InfraError,
+    RolloutStateError,
+)
 from canaryctl.mesh.collapse import Ops, collapse_ops, guard
 from canaryctl.mesh.routes import Destination
 from canaryctl.policy_base import format_duration
@@ -203,12 +208,18 @@ def act(ctl: Controller, state: RolloutState) -> RolloutState:
 
 
 def follow(ctl: Controller, state: RolloutState) -> RolloutState:
-    """Carry out the clean-up to its end (``promote``): act when due, else wait and watch."""
+    """Carry out the clean-up to its end (``promote``): act when due, else wait and watch.
+    Ctrl-C, or the cluster or Prometheus failing, leaves the rest to ``reconcile``/``run``
+    (``status`` shows it): the rollout's outcome, and so ``promote``'s exit code, stands."""
     while not state.active and finish.pending(state.cleanup):
         if ctl.should_stop():
             return state
-        if due(state, ctl.clock()):
-            state = act(ctl, state)
-        ctl.sleep(min(2.0, max(0.5, state.interval / 2)))
-        state = ctl.refresh(state)
+        try:
+            if due(state, ctl.clock()):
+                state = act(ctl, state)
+            ctl.sleep(min(2.0, max(0.5, state.interval / 2)))
+            state = ctl.refresh(state)
+        except InfraError as exc:
+            log.warning("cleanup.failed", error=exc.message, left_to="reconcile or run")
+            return state
     return state

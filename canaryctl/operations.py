@@ -24,8 +24,7 @@ from canaryctl.errors import (
     UsageError,
 )
 from canaryctl.hooks import UrlFileError, UrlSource, dest
-from canaryctl.mesh.collapse import undo_ops
-from canaryctl.mesh.routes import apply_patch, deployment_available, weight_patch, weights_of
+from canaryctl.mesh.routes import apply_patch, weight_patch, weights_of
 from canaryctl.metrics._base import QueryContext
 from canaryctl.policy import AnalysisPolicy
 from canaryctl.rollout import ANNOTATION, RolloutState
@@ -394,69 +393,3 @@ def list_rollouts(ctl: Controller, *, namespace: str | None) -> list[RolloutStat
             out.append(st)
     out.sort(key=lambda s: (s.namespace, s.app))
     return out
-
-
-# --- undo after a promotion (finish.py, mesh/collapse.py) ------------------------------------
-def undo(ctl: Controller, *, app: str, namespace: str, vs_name: str | None) -> Result:
-    """All traffic back to the previous version at once, within the policy's ``undoWindow``
-    after a promotion, provided that version is still available (else exit 2 naming its
-    Deployment). One guarded patch: routes collapsed by the rollout get the previous subset (or
-    host) back, routes still split go to previous 100 / new 0; the state becomes RolledBack, so
-    the clean-up now scales the undone version down (``abortScaleDownDelay``)."""
-    _, state = locate(ctl, app=app, namespace=namespace, vs_name=vs_name)
-    if state is None or state.phase != "Promoted":
-        shown = "no rollout" if state is None else f"the rollout is {state.phase}"
-        raise RolloutStateError(f"undo: {shown} of {app} in {namespace}; undo follows a promotion")
-    deadline = finish.undo_deadline(state.policy["spec"], state.finished_at)
-    now = ctl.clock()
-    if deadline is None:
-        raise UsageError("undo: not enabled by the rollout's policy (spec.finish.undoWindow)")
-    if now > deadline:
-        window = state.policy["spec"]["finish"]["undoWindow"]
-        raise UsageError(
-            f"undo: the undo window ({window}) closed {now - deadline:.0f}s ago; "
-            "start a new rollout instead"
-        )
-    lease = ctl.lease_for(state)
-    if not lease.acquire(now):
-        raise RolloutStateError(f"undo: {lease.observed_holder} is acting on {app}; try again")
-    try:
-        return _undo(ctl, state, app)
-    finally:
-        lease.release()
-
-
-def _undo(ctl: Controller, state: RolloutState, app: str) -> Result:
-    previous_workload = state.stable_workload
-    found = [
-        d
-        for d in ctl.kube.list_deployments(state.namespace)
-        if d["metadata"]["name"] == previous_workload
-    ]
-    ok, why = deployment_available(found[0]) if found else (False, "it does not exist")
-    if not ok:
-        raise PreflightError(
-            f"undo: the previous version's Deployment {previous_workload} is not available "
-            f"({why}); traffic left on {dest(state.canary)}"
-        )
-    previous, current = cleanup.pair(state)
-    collapsed = [t for t in state.cleanup if t["task"] == "collapse" and t["status"] == "done"]
-    indexes = (collapsed[0].get("routes") or {}).get(state.virtual_service, []) if collapsed else []
-    now = ctl.clock()
-    reason = f"undone by operator {now - (state.finished_at or now):.0f}s after the promotion"
-    new = rollout.rollback(state, reason=reason, now=now)
-
-    def build(vs: dict[str, Any]) -> tuple[list[dict[str, Any]], RolloutState]:
-        ops = undo_ops(
-            vs, namespace=state.namespace, previous=previous, current=current, collapsed=indexes
-        )
-        return ops, new
-
-    try:
-        vs, new = cleanup.write(ctl, state, build)
-    except StateChangedError:
-        raise RolloutStateError("undo: the rollout changed meanwhile; try again") from None
-    ctl.event(vs, "Undone", f"{reason}: all traffic to {dest(state.stable)}", warning=True)
-    ctl.notifier.send("rollback", new, message=reason)
-    log.info("undone", vs=state.virtual_service, previous=dest(state.stable))
-    return Result("undone", app, state.namespace, EXIT_OK, new, reason)

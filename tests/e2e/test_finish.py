@@ -13,10 +13,11 @@ def test_promotion_collapses_the_route_and_scales_v1_down_only_after_it_went_idl
 ) -> None:
     """Sidecars apply routes 5 s late (longer than a step), so v1 still receives requests after
     the promotion: the route becomes a plain route to v2 at once, and v1 is scaled to 0 only once
-    Prometheus has shown it no requests for 3 s. No request reached v1 while it had no replica."""
+    Prometheus has shown it no requests for 3 s. No request reached v1 while it had no replica.
+    Then `undo` exits 2 naming the scaled-down Deployment and changes nothing."""
     traffic = world.sb.traffic
     traffic.propagation = 5.0
-    finish = {"collapseRoutes": True, "scaleDownIdle": f"{IDLE:g}s"}
+    finish = {"collapseRoutes": True, "scaleDownIdle": f"{IDLE:g}s", "undoWindow": "1m"}
     policy = world.policy(steps=[50, 100], finish=finish)
     res = world.run(*world.promote("-o", "json", policy=policy))
     assert res.code == 0, res.stderr
@@ -46,3 +47,8 @@ def test_promotion_collapses_the_route_and_scales_v1_down_only_after_it_went_idl
     assert traffic.unrouted("rest-apl-v1") == 0
     reasons = [e["reason"] for e in world.sb.emulator.list("v1", "Event", "istio-apl")]
     assert reasons[-3:] == ["Promoted", "RoutesCollapsed", "ScaledDown"]
+    world.sb.emulator.clear_writes()
+    res = world.run("undo", "rest-apl", "-n", "istio-apl", prometheus=False)
+    assert res.code == 2 and res.stderr.strip().splitlines()[-1].startswith("error: undo:")
+    assert "Deployment rest-apl-v1 is not available (scaled to 0)" in res.stderr
+    assert world.cluster_writes() == [] and "Traceback" not in res.stderr

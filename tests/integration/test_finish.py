@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from canaryctl import operations
+from canaryctl import operations, undo
 from canaryctl.controller import Controller
 from canaryctl.errors import PreflightError, RolloutStateError, UsageError
 from canaryctl.kube import KubeClient
@@ -125,11 +125,11 @@ def test_reconcile_collapses_and_undo_sends_traffic_back_then_scales_the_undone_
 
     sb.emulator.set_deployment_available(NS, "rest-apl-v1", False)
     with pytest.raises(PreflightError, match="Deployment rest-apl-v1 is not available"):
-        operations.undo(ctl, app=APP, namespace=NS, vs_name=None)
+        undo.undo(ctl, app=APP, namespace=NS, vs_name=None)
     assert _route(sb) == [{"destination": {"host": "rest-apl", "subset": "v2"}}]
     sb.emulator.set_deployment_available(NS, "rest-apl-v1", True)
 
-    res = operations.undo(ctl, app=APP, namespace=NS, vs_name=None)
+    res = undo.undo(ctl, app=APP, namespace=NS, vs_name=None)
     assert (res.result, res.exit_code) == ("undone", 0)
     assert _route(sb) == [{"destination": {"host": "rest-apl", "subset": "v1"}}]
     undone = _state(ctl)
@@ -141,7 +141,7 @@ def test_reconcile_collapses_and_undo_sends_traffic_back_then_scales_the_undone_
     assert (_replicas(sb, "rest-apl-v2"), _replicas(sb, "rest-apl-v1")) == (0, 2)
     assert _reasons(sb)[-1] == "ScaledDown"
     with pytest.raises(RolloutStateError, match="undo follows a promotion"):
-        operations.undo(ctl, app=APP, namespace=NS, vs_name=None)
+        undo.undo(ctl, app=APP, namespace=NS, vs_name=None)
 
 
 def test_undo_after_the_window_is_refused(sb: Sandbox) -> None:
@@ -151,7 +151,7 @@ def test_undo_after_the_window_is_refused(sb: Sandbox) -> None:
     _reconciled_until(ctl, lambda s: s.phase == "Promoted")
     late = _ctl(sb, clock=lambda: time.time() + 120)
     with pytest.raises(UsageError, match=r"undo window \(1m\) closed"):
-        operations.undo(late, app=APP, namespace=NS, vs_name=None)
+        undo.undo(late, app=APP, namespace=NS, vs_name=None)
     assert [e.get("weight") for e in _route(sb)] == [0, 100]
 
 
