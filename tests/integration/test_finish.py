@@ -24,6 +24,7 @@ from canaryctl.rollout import RolloutState
 from canaryctl.sandbox import load_manifests
 from canaryctl.sandbox.world import Sandbox
 from tests.istio_schema import validate_virtual_service
+from tests.recording_server import RecordingServer
 
 APP, NS, VS = "rest-apl", "istio-apl", "rest-apl-vs"
 T = TypeVar("T")
@@ -56,8 +57,12 @@ def _ctl(sb: Sandbox, clock: Callable[[], float] = time.time) -> Controller:
     )
 
 
-def _policy(sb: Sandbox, **finish: Any) -> AnalysisPolicy:
-    spec = {"steps": [100], "interval": "1s", "minRequests": 10, "finish": finish}
+def _policy(sb: Sandbox, notify: str | None = None, **finish: Any) -> AnalysisPolicy:
+    spec: dict[str, Any] = {"steps": [100], "interval": "1s", "minRequests": 10, "finish": finish}
+    if notify:
+        spec["notify"] = [
+            {"name": "audit", "type": "webhook", "url": notify, "events": ["cleanup"]}
+        ]
     return parse_policy({"spec": spec}).with_prometheus_url(sb.prometheus.url)
 
 
@@ -157,7 +162,7 @@ def test_undo_after_the_window_is_refused(sb: Sandbox) -> None:
 
 def test_an_hpa_on_the_failed_canary_is_not_fought(sb: Sandbox) -> None:
     """After a rollback, an HPA targeting rest-apl-v2: not scaled; the task is skipped with a
-    warning Event naming the HPA, and status says so."""
+    warning Event and a `cleanup` notification naming the HPA, and status says so."""
     sb.emulator.apply(
         [
             {
@@ -177,10 +182,13 @@ def test_an_hpa_on_the_failed_canary_is_not_fought(sb: Sandbox) -> None:
         ]
     )
     ctl = _ctl(sb)
-    policy = _policy(sb, abortScaleDownDelay="0s")
-    operations.promote(ctl, app=APP, namespace=NS, policy=policy, wait=False)
-    operations.rollback(ctl, app=APP, namespace=NS, vs_name=None)
-    state = _reconciled_until(ctl, lambda s: s.cleanup[0]["status"] != "pending")
+    with RecordingServer() as server:
+        policy = _policy(sb, notify=server.url("/audit"), abortScaleDownDelay="0s")
+        operations.promote(ctl, app=APP, namespace=NS, policy=policy, wait=False)
+        operations.rollback(ctl, app=APP, namespace=NS, vs_name=None)
+        state = _reconciled_until(ctl, lambda s: s.cleanup[0]["status"] != "pending")
+        (note,) = server.wait_for("/audit", 1)
+    assert note.json["event"] == "cleanup" and "HorizontalPodAutoscaler" in note.json["message"]
     assert state.cleanup[0]["status"] == "skipped"
     assert "HorizontalPodAutoscaler rest-apl-v2 targets it" in state.cleanup[0]["detail"]
     assert _replicas(sb, "rest-apl-v2") == 2
