@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
@@ -23,11 +23,11 @@ from canaryctl.render import result_text
 from canaryctl.rollout import RolloutState
 from canaryctl.sandbox import load_manifests
 from canaryctl.sandbox.world import Sandbox
+from tests.integration.test_traffic_prometheus import eventually
 from tests.istio_schema import validate_virtual_service
 from tests.recording_server import RecordingServer
 
 APP, NS, VS = "rest-apl", "istio-apl", "rest-apl-vs"
-T = TypeVar("T")
 
 
 @pytest.fixture(scope="module")
@@ -66,17 +66,6 @@ def _policy(sb: Sandbox, notify: str | None = None, **finish: Any) -> AnalysisPo
     return parse_policy({"spec": spec}).with_prometheus_url(sb.prometheus.url)
 
 
-def _eventually(probe: Callable[[], T | None], timeout: float = 30.0) -> T:
-    deadline = time.monotonic() + timeout
-    value = None
-    while time.monotonic() < deadline:
-        value = probe()
-        if value:
-            return value
-        time.sleep(0.3)
-    raise AssertionError(f"not within {timeout}s; last value: {value!r}")
-
-
 def _state(ctl: Controller) -> RolloutState:
     _, state = operations.locate(ctl, app=APP, namespace=NS, vs_name=None)
     assert state is not None
@@ -89,7 +78,7 @@ def _reconciled_until(ctl: Controller, done: Callable[[RolloutState], bool]) -> 
         state = _state(ctl)
         return state if done(state) else None
 
-    return _eventually(probe)
+    return eventually(probe, timeout=30)
 
 
 def _replicas(sb: Sandbox, name: str) -> int:
