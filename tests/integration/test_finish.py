@@ -185,3 +185,20 @@ def test_an_hpa_on_the_failed_canary_is_not_fought(sb: Sandbox) -> None:
     assert (events[-1]["reason"], events[-1]["type"]) == ("CleanupSkipped", "Warning")
     text = result_text(operations.status(ctl, app=APP, namespace=NS, vs_name=None).to_dict())
     assert "clean-up scale-down rest-apl-v2: skipped" in text
+
+
+def test_a_collapse_committed_but_answered_504_counts_once(sb: Sandbox) -> None:
+    """The API server commits the collapse patch but answers 504: the retry gets 409, the
+    re-read recognises canaryctl's own write, one RoutesCollapsed Event, the route is plain."""
+    ctl = _ctl(sb)
+    operations.promote(
+        ctl, app=APP, namespace=NS, policy=_policy(sb, collapseRoutes=True), wait=False
+    )
+    _reconciled_until(ctl, lambda s: s.phase == "Promoted")
+    sb.emulator.inject("PATCH", "virtualservices/rest-apl-vs", 504, applied=True)
+    state = _reconciled_until(ctl, lambda s: s.cleanup[0]["status"] == "done")
+    assert state.cleanup[0]["routes"] == {VS: [0]}
+    assert _route(sb) == [{"destination": {"host": "rest-apl", "subset": "v2"}}]
+    assert _reasons(sb).count("RoutesCollapsed") == 1
+    patches = [w for w in sb.emulator.writes if w.method == "PATCH" and "rest-apl-vs" in w.path]
+    assert [w.status for w in patches[-2:]] == [504, 409]
