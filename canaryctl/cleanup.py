@@ -17,7 +17,7 @@ from typing import Any
 import structlog
 
 from canaryctl import finish
-from canaryctl.controller import Controller, StateChangedError, read_state
+from canaryctl.controller import Controller, StateChangedError, destinations, read_state
 from canaryctl.errors import (
     ClusterUnavailableError,
     ConflictError,
@@ -25,7 +25,6 @@ from canaryctl.errors import (
     RolloutStateError,
 )
 from canaryctl.mesh.collapse import Ops, collapse_ops, guard
-from canaryctl.mesh.routes import Destination
 from canaryctl.policy_base import format_duration
 from canaryctl.rollout import ANNOTATION, RolloutState
 
@@ -35,14 +34,6 @@ log = structlog.get_logger("canaryctl.cleanup")
 def owned(state: RolloutState) -> list[str]:
     """The VirtualServices whose routes the rollout moves (today: the one holding its state)."""
     return [state.virtual_service]
-
-
-def pair(state: RolloutState) -> tuple[Destination, Destination]:
-    """(previous stable, canary) destinations of the rollout."""
-    s, c = state.stable, state.canary
-    return Destination(str(s["host"]), s.get("subset")), Destination(
-        str(c["host"]), c.get("subset")
-    )
 
 
 Build = Callable[[dict[str, Any]], tuple[Ops, RolloutState]]
@@ -111,7 +102,7 @@ def _settle(
 def _collapse(ctl: Controller, state: RolloutState, index: int) -> RolloutState:
     """Every VirtualService the rollout owns: the others first, the one holding the state last
     (in the patch that records the task as done)."""
-    previous, stable = pair(state)
+    previous, stable = destinations(state)
     routes: dict[str, list[int]] = {}
 
     def collapse(vs: dict[str, Any]) -> tuple[Ops, str]:
@@ -142,9 +133,7 @@ def _collapse(ctl: Controller, state: RolloutState, index: int) -> RolloutState:
 def hpa_for(ctl: Controller, namespace: str, deployment: str) -> str | None:
     """The HorizontalPodAutoscaler whose scaleTargetRef is ``deployment``, if any."""
     for hpa in ctl.kube.list_hpas(namespace):
-        ref = (hpa.get("spec") or {}).get("scale_target_ref") or (hpa.get("spec") or {}).get(
-            "scaleTargetRef"
-        )
+        ref = (hpa.get("spec") or {}).get("scaleTargetRef")
         if ref and ref.get("kind") == "Deployment" and ref.get("name") == deployment:
             return str(hpa["metadata"]["name"])
     return None

@@ -6,7 +6,8 @@ another live process holds it), analyses the window since the step began, and ad
 rolls back or promotes (one guarded write). Paused rollouts are skipped. A VirtualService
 annotated ``canaryctl.io/promote: <canary subset or host>`` (optionally with
 ``canaryctl.io/policy: <ConfigMap>``) starts a rollout declaratively, for GitOps; the annotations
-are removed in the same patch that writes the first step.
+are removed in the same patch that writes the first step. A finished rollout whose clean-up
+(``spec.finish``: collapse routes, scale down) has a task due is acted on too (``cleanup.py``).
 """
 
 from __future__ import annotations

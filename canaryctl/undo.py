@@ -15,7 +15,7 @@ from typing import Any
 import structlog
 
 from canaryctl import cleanup, finish, rollout
-from canaryctl.controller import Controller, StateChangedError
+from canaryctl.controller import Controller, StateChangedError, destinations
 from canaryctl.errors import EXIT_OK, PreflightError, RolloutStateError, UsageError
 from canaryctl.hooks import dest
 from canaryctl.mesh.collapse import undo_ops
@@ -70,7 +70,7 @@ def _require_previous(ctl: Controller, state: RolloutState) -> None:
 
 def _undo(ctl: Controller, state: RolloutState, app: str) -> Result:
     _require_previous(ctl, state)  # again under the Lease: no scale-down can come between
-    previous, current = cleanup.pair(state)
+    previous, current = destinations(state)
     collapsed = [t for t in state.cleanup if t["task"] == "collapse" and t["status"] == "done"]
     indexes = (collapsed[0].get("routes") or {}).get(state.virtual_service, []) if collapsed else []
     now = ctl.clock()

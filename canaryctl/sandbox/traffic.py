@@ -246,25 +246,28 @@ class TrafficSimulator:
         available = self._read_available()
         now = time.monotonic()
         with self._lock:
-            if available is not None:
-                self._available = available
+            self._available.update(available)
             if not self._seen or self._seen[-1][1] != weights:
                 self._seen.append((now, weights))
             while self._seen and self._seen[0][0] <= now - self.propagation:
                 self._weights = self._seen.pop(0)[1]
 
-    def _read_available(self) -> dict[str, int] | None:
-        """Available replicas by Deployment (None when they cannot be read: keep the last)."""
-        try:
-            response = self._session.get(self._deployments_url, timeout=max(self.tick, 1.0))
-            response.raise_for_status()
-            items = response.json().get("items") or []
-        except (requests.RequestException, ValueError):
-            return None
-        return {
-            str(d["metadata"]["name"]): int((d.get("status") or {}).get("availableReplicas") or 0)
-            for d in items
-        }
+    def _read_available(self) -> dict[str, int]:
+        """Available replicas of each workload's Deployment, one GET each: a LIST would take
+        the faults tests inject into canaryctl's own LIST. One that cannot be read is left out
+        (its last known value is kept)."""
+        out = {}
+        for name in {w.name for w in self._destinations.values()}:
+            try:
+                response = self._session.get(
+                    f"{self._deployments_url}/{name}", timeout=max(self.tick, 1.0)
+                )
+                response.raise_for_status()
+                status = response.json().get("status") or {}
+            except (requests.RequestException, ValueError):
+                continue
+            out[name] = int(status.get("availableReplicas") or 0)
+        return out
 
     def _send(self, elapsed: float) -> None:
         with self._lock:
