@@ -5,6 +5,7 @@ seconds before its first scrapes."""
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -203,3 +204,23 @@ def test_a_collapse_committed_but_answered_504_counts_once(sb: Sandbox) -> None:
     assert _reasons(sb)[before:] == ["RoutesCollapsed"]
     patches = [w for w in sb.emulator.writes if w.method == "PATCH" and "rest-apl-vs" in w.path]
     assert [w.status for w in patches[-2:]] == [504, 409]
+
+
+def test_the_daemon_carries_out_the_clean_up_of_a_finished_rollout(sb: Sandbox) -> None:
+    """`run`'s tick: a rolled-back rollout whose canary scale-down is due gets it done."""
+    from canaryctl.daemon import Daemon
+
+    ctl = _ctl(sb)
+    policy = _policy(sb, abortScaleDownDelay="0s")
+    operations.promote(ctl, app=APP, namespace=NS, policy=policy, wait=False)
+    operations.rollback(ctl, app=APP, namespace=NS, vs_name=None)
+    daemon = Daemon(
+        ctl, namespace=NS, interval=1.0, lease_namespace=NS, port=0, stop=threading.Event()
+    )
+    try:
+        daemon.tick()
+    finally:
+        daemon.leader.release()
+        daemon.server.server_close()
+    assert _state(ctl).cleanup[0]["status"] == "done"
+    assert _replicas(sb, "rest-apl-v2") == 0
