@@ -224,3 +224,18 @@ def test_the_daemon_carries_out_the_clean_up_of_a_finished_rollout(sb: Sandbox) 
         daemon.server.server_close()
     assert _state(ctl).cleanup[0]["status"] == "done"
     assert _replicas(sb, "rest-apl-v2") == 0
+
+
+def test_request_count_is_none_without_series_and_counts_requests_otherwise(
+    sandbox: Sandbox,
+) -> None:
+    """The idle check's query against the real Prometheus: a workload Prometheus has no series
+    for is None (no data, never "no requests"); v1, receiving traffic, counts requests."""
+    provider = PrometheusProvider(_policy(sandbox).spec.prometheus)
+    assert provider.request_count(namespace=NS, workload="rest-apl-v9", window_seconds=5) is None
+    sandbox.emulator.apply(load_manifests())  # 80/20 again: v1 receives requests
+    count = eventually(
+        lambda: provider.request_count(namespace=NS, workload="rest-apl-v1", window_seconds=5),
+        timeout=30,
+    )
+    assert count > 0
