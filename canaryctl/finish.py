@@ -84,12 +84,6 @@ def ready(tasks: list[Task], now: float) -> list[tuple[int, Task]]:
     return out
 
 
-def next_due(tasks: list[Task]) -> float | None:
-    """When the next pending task may be tried (None: nothing left)."""
-    times = [t["notBefore"] for t in pending(tasks)]
-    return min(times) if times else None
-
-
 def settle(
     tasks: list[Task], index: int, *, status: str, detail: str, now: float, **extra: Any
 ) -> list[Task]:
