@@ -18,6 +18,8 @@ Decisions:
   route never names a destination without pods. After a rollback (by analysis, an operator, a
   webhook or ``undo``): ``scale-down`` of the canary after ``abortScaleDownDelay``, like Argo
   Rollouts. After an infrastructure failure (``Failed``): nothing; the canary was not judged.
+- A new rollout on the same VirtualService carries the previous one's pending scale-downs
+  (``carry``) and they run once it has ended, with its own tasks (``kept``).
 - A task is settled once (``done`` or ``skipped``, e.g. an HPA targets the Deployment: scaling
   it to 0 would fight the HPA). Waiting is not written to the VirtualService: every write
   makes istiod push configuration to every sidecar, so re-checks stay in memory and ``status``
@@ -63,6 +65,22 @@ def plan(
         delay = parse_duration(finish["abortScaleDownDelay"])
         task("scale-down", canary_workload, now + delay, "to 0 after the rollback")
     return tasks
+
+
+def carry(tasks: list[Task], *, workloads: set[str]) -> list[Task]:
+    """Pending scale-downs of a finished rollout that a new rollout on the same VirtualService
+    takes over (marked ``carried``), except those of the new rollout's own Deployments: the
+    next release must not lose "scale v1 down once idle", nor scale down what it rolls out."""
+    return [
+        {**t, "carried": True}
+        for t in pending(tasks)
+        if t["task"] == "scale-down" and t["target"] not in workloads
+    ]
+
+
+def kept(tasks: list[Task]) -> list[Task]:
+    """The carried tasks still pending when the rollout ends (its own plan is added to them)."""
+    return [t for t in pending(tasks) if t.get("carried")]
 
 
 def pending(tasks: list[Task]) -> list[Task]:

@@ -7,7 +7,7 @@ never leaves anything changed in the cluster.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import structlog
@@ -124,6 +124,7 @@ def promote(
     """Start a rollout (or attach to the one in progress) and follow it to its end."""
     candidates = ctl.router.candidates(namespace, vs_name)
     _, state = locate(ctl, app=app, namespace=namespace, vs_name=vs_name, candidates=candidates)
+    before = state  # a finished rollout's pending clean-up is carried into the next one
     if state is not None and state.active:
         if canary and canary not in (state.canary.get("subset"), state.canary.get("host")):
             raise UsageError(
@@ -173,6 +174,9 @@ def promote(
         current_canary_weight=target.canary_weight,
         now=now,
     )
+    if before is not None and before.virtual_service == target.vs_name:
+        mine = {workloads.stable, workloads.canary}
+        state = replace(state, cleanup=finish.carry(before.cleanup, workloads=mine))
     if dry_run:
         ops = weight_patch(
             target, canary_weight=state.weight, annotations={ANNOTATION: state.to_json()}, vs=vs

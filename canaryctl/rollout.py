@@ -229,7 +229,7 @@ def decide(state: RolloutState, analysis: StepAnalysis, *, now: float) -> Decisi
 
 def _finish(state: RolloutState, phase: Phase, reason: str, now: float) -> RolloutState:
     weight = 100 if phase == "Promoted" else 0
-    cleanup = finish.plan(
+    cleanup = finish.kept(state.cleanup) + finish.plan(
         state.policy["spec"],
         phase=phase,
         stable_workload=state.stable_workload,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import json
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -217,3 +218,39 @@ def test_finish_policy_is_opt_in_and_validated_with_the_field_path() -> None:
         parse_policy({"spec": {"finish": {"collapse": True}}})
     spec = copy.deepcopy(FINISH)
     assert parse_policy({"spec": {"finish": spec}}).snapshot()["spec"]["finish"] == FINISH
+
+
+def test_the_next_rollout_carries_pending_scale_downs_and_runs_them_after_it_ends() -> None:
+    """v2 promoted, v1's scale-down still pending, then a rollout of v3 from v2 starts: it takes
+    over "scale v1 down" (not the collapse, nor anything about v2/v3) and plans it again, with
+    its own tasks, when it ends. Undo (a rollback of a promotion) keeps only carried tasks."""
+    policy = parse_policy({"spec": {"finish": FINISH}}).snapshot()
+
+    def start(stable: str, canary: str) -> rollout.RolloutState:
+        return rollout.begin(
+            app="reviews",
+            namespace="default",
+            virtual_service="reviews",
+            mode="subset",
+            stable={"host": "reviews", "subset": stable},
+            canary={"host": "reviews", "subset": canary},
+            stable_workload=f"reviews-{stable}",
+            canary_workload=f"reviews-{canary}",
+            policy=policy,
+            current_canary_weight=0,
+            now=0.0,
+        )
+
+    v2 = rollout.force_promote(start("v1", "v2"), reason="forced", now=10.0)
+    carried = finish.carry(v2.cleanup, workloads={"reviews-v2", "reviews-v3"})
+    assert [(t["target"], t["carried"]) for t in carried] == [("reviews-v1", True)]
+    assert finish.carry(v2.cleanup, workloads={"reviews-v1", "reviews-v3"}) == []
+    v3 = replace(start("v2", "v3"), cleanup=carried)
+    done = rollout.force_promote(v3, reason="forced", now=20.0)
+    assert [(t["task"], t["target"]) for t in done.cleanup] == [
+        ("scale-down", "reviews-v1"),
+        ("collapse", ""),
+        ("scale-down", "reviews-v2"),
+    ]
+    undone = rollout.rollback(done, reason="undone", now=30.0)
+    assert [t["target"] for t in undone.cleanup] == ["reviews-v1", "reviews-v3"]
