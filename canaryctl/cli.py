@@ -238,7 +238,7 @@ def promote(
     _execute(output, log_level, body)
 
 
-def _simple_verb(verb: str) -> Callable[..., None]:
+def _simple_verb(verb: str, module: str = "operations") -> Callable[..., None]:
     def command(
         app_name: AppArg,
         namespace: NamespaceOpt = "default",
@@ -249,14 +249,15 @@ def _simple_verb(verb: str) -> Callable[..., None]:
         log_level: LogOpt = Level.info,
     ) -> None:
         def body() -> int:
-            from canaryctl import operations
+            import importlib
+
             from canaryctl.render import result_text
 
             _check_names(
                 {"APP": app_name, "--namespace": namespace, "--virtual-service": virtual_service}
             )
             ctl = _controller(kubeconfig, context, None)
-            fn = getattr(operations, verb)
+            fn = getattr(importlib.import_module(f"canaryctl.{module}"), verb)
             res = fn(ctl, app=app_name, namespace=namespace, vs_names=virtual_service or [])
             data = res.to_dict()
             _emit(data, output, result_text(data))
@@ -279,6 +280,12 @@ app.command("resume", help="Resume a paused rollout (the current step is re-meas
 app.command("status", help="Show a rollout's state and its analysis history.")(
     _simple_verb("status")
 )
+# --- finishing cleanly (finish.py) ---
+app.command(
+    "undo",
+    help="Within the policy's undoWindow after a promotion: all traffic back to the "
+    "previous version at once (exit 2 if it is no longer available).",
+)(_simple_verb("undo", "undo"))
 
 
 @app.command("list")

@@ -101,6 +101,13 @@ def follower_drift(state: RolloutState, vs: dict[str, Any]) -> str | None:
         return exc.message
 
 
+def ref_value(state: RolloutState) -> str:
+    """The pointer a follower carries (``REF_ANNOTATION``): the primary, the rollout, and the
+    weight canaryctl wrote to the follower."""
+    ref = {"virtualService": state.virtual_service, "startedAt": state.started_at}
+    return json.dumps({**ref, "weight": state.weight}, sort_keys=True)
+
+
 def sync(
     router: TrafficRouter,
     state: RolloutState,
@@ -112,14 +119,7 @@ def sync(
     """Write the state's weight (and pointer) to every follower that lacks it. ``guard``: leave
     a follower another writer changed alone (``drift`` reports it, the rollout pauses).
     Returns each follower as it now stands (read, or written), for ``drift``."""
-    value = json.dumps(
-        {
-            "virtualService": state.virtual_service,
-            "startedAt": state.started_at,
-            "weight": state.weight,
-        },
-        sort_keys=True,
-    )
+    value = ref_value(state)
     seen: dict[str, dict[str, Any]] = {}
     for name in state.followers:
         for attempt in range(attempts):

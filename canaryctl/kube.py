@@ -81,6 +81,7 @@ class KubeClient:
         self.core = client.CoreV1Api(api_client)
         self.apps = client.AppsV1Api(api_client)
         self.coordination = client.CoordinationV1Api(api_client)
+        self.autoscaling = client.AutoscalingV2Api(api_client)
         self.retry_seconds = _retry_seconds() if retry_seconds is None else retry_seconds
         self._istio_version: str | None = None
 
@@ -257,6 +258,31 @@ class KubeClient:
             ),
         )
         return [self._plain(d) for d in res.items]
+
+    # --- clean-up: scaling (finish.py) ---------------------------------------------------------
+    def scale_deployment(self, namespace: str, name: str, replicas: int) -> dict[str, Any]:
+        """Set replicas through the ``scale`` subresource (RBAC ``patch deployments/scale``, not
+        ``patch deployments``), as ``kubectl scale`` does; returns the autoscaling/v1 Scale."""
+        ops = [{"op": "replace", "path": "/spec/replicas", "value": replicas}]
+        res = self._call(
+            "patch",
+            f'deployments.apps/scale "{name}" in namespace {namespace}',
+            lambda: self.apps.patch_namespaced_deployment_scale(
+                name, namespace, ops, _content_type=JSON_PATCH, _request_timeout=REQUEST_TIMEOUT
+            ),
+        )
+        return dict(self._plain(res))
+
+    def list_hpas(self, namespace: str) -> list[dict[str, Any]]:
+        """autoscaling/v2 HorizontalPodAutoscalers: one targeting a Deployment owns its replicas."""
+        res = self._call(
+            "list",
+            f"horizontalpodautoscalers.autoscaling in namespace {namespace}",
+            lambda: self.autoscaling.list_namespaced_horizontal_pod_autoscaler(
+                namespace, _request_timeout=REQUEST_TIMEOUT
+            ),
+        )
+        return [self._plain(h) for h in res.items]
 
     def get_service(self, namespace: str, name: str) -> dict[str, Any]:
         res = self._call(

@@ -9,7 +9,9 @@ backoff). A full queue drops the message; every failure is logged, nothing is ra
 ``flush(timeout)`` waits for the queue to drain (call it before the process exits).
 
 Events: ``start``, ``step`` (each weight increase; off by default: noisy), ``pause``,
-``resume``, ``rollback``, ``promotion``, ``failure`` (infrastructure: traffic back on stable).
+``resume``, ``rollback``, ``promotion``, ``failure`` (infrastructure: traffic back on stable),
+``cleanup`` (after the rollout: routes collapsed, a Deployment scaled down, or not because an
+HPA targets it; see ``finish.py``).
 ``event_for(before, after)`` maps a state transition to its event. A rollback decided by an
 analysis names the failing metric, its value and threshold, taken from the state's last history
 entry (``metrics: [{name, value, threshold, verdict}]``).
@@ -48,6 +50,7 @@ TITLES = {
     "rollback": "Rolled back",
     "promotion": "Promoted",
     "failure": "Rollout failed",
+    "cleanup": "Clean-up after the rollout",
 }
 COLORS = {"pause": "DAA038", "rollback": "D00000", "promotion": "2EB886", "failure": "D00000"}
 BLUE = "439FE0"

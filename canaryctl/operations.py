@@ -13,7 +13,7 @@ from typing import Any
 
 import structlog
 
-from canaryctl import followers, rollout
+from canaryctl import cleanup, finish, followers, rollout
 from canaryctl.controller import Controller, Interrupted, StateChangedError, read_state
 from canaryctl.errors import (
     EXIT_INFRA,
@@ -76,6 +76,10 @@ class Result:
                 forced=s.forced,
                 steps=s.history,
                 historyDropped=s.history_dropped,
+                cleanup=s.cleanup,
+                undoUntil=finish.undo_deadline(s.policy["spec"], s.finished_at)
+                if s.phase == "Promoted"
+                else None,
             )
         out.update(self.extra)
         return out
@@ -132,6 +136,7 @@ def promote(
     ``primary``: the VirtualService to carry the state (a declarative start's)."""
     candidates = ctl.router.candidates(namespace, vs_names)
     _, state = locate(ctl, app=app, namespace=namespace, vs_names=vs_names, candidates=candidates)
+    before = state  # a finished rollout's pending clean-up is carried into the next one
     if state is not None and state.active:
         if canary and canary not in (state.canary.get("subset"), state.canary.get("host")):
             raise UsageError(
@@ -179,6 +184,9 @@ def promote(
     state = begin_rollout(
         members, workloads=workloads, policy=policy, route_names=route_names, now=now
     )
+    if before is not None and before.virtual_service == target.vs_name:
+        mine = {workloads.stable, workloads.canary}
+        state = replace(state, cleanup=finish.carry(before.cleanup, workloads=mine))
     if dry_run:
         plans = []
         for t, obj in members:
@@ -238,7 +246,7 @@ def promote(
             return _interrupted(ctl, state, app)
     finally:
         lease.release()
-    res = from_state(final, app)
+    res = from_state(cleanup.follow(ctl, final), app)
     res.extra.update(warnings)
     return res
 
@@ -315,7 +323,7 @@ def _follow(ctl: Controller, state: RolloutState, app: str) -> Result:
         final = ctl.follow(state)
     except Interrupted:
         return _interrupted(ctl, state, app)
-    return from_state(final, app)
+    return from_state(cleanup.follow(ctl, final), app)
 
 
 def _require_active(

@@ -30,6 +30,7 @@ from canaryctl.names import is_label
 from canaryctl.policy_base import Duration, StrictModel
 from canaryctl.policy_base import format_duration as format_duration  # re-exported
 from canaryctl.policy_base import parse_duration as parse_duration  # re-exported
+from canaryctl.policy_finish import FinishSpec as FinishSpec  # re-exported
 from canaryctl.policy_hooks import Notifications, Webhooks
 from canaryctl.policy_prometheus import BasicAuthSpec as BasicAuthSpec  # re-exported
 from canaryctl.policy_prometheus import PrometheusSpec as PrometheusSpec  # re-exported
@@ -185,6 +186,11 @@ class PolicySpec(StrictModel):
     )
     notify: Notifications = Field(
         default_factory=list, description="Slack / Teams / JSON targets told about milestones"
+    )
+    # --- finishing cleanly (policy_finish.py) ---
+    finish: FinishSpec | None = Field(
+        default=None,
+        description="Opt-in clean-up after the rollout: collapse routes, scale down, undo window",
     )
 
     @field_validator("interval")

@@ -23,7 +23,7 @@ HookType = Literal[
 GateKind = Literal["confirm-step", "confirm-promotion"]
 HOOK_TYPES: tuple[str, ...] = get_args(HookType)
 GATE_KINDS: tuple[str, ...] = get_args(GateKind)
-Event = Literal["start", "step", "pause", "resume", "rollback", "promotion", "failure"]
+Event = Literal["start", "step", "pause", "resume", "rollback", "promotion", "failure", "cleanup"]
 EVENTS: tuple[str, ...] = get_args(Event)
 _USERINFO_RE = re.compile(r"//[^/@\s]*@")
 
@@ -127,7 +127,7 @@ Webhooks = Annotated[list[WebhookSpec], AfterValidator(unique_names)]
 
 
 def _default_events() -> list[Event]:
-    return ["start", "pause", "resume", "rollback", "promotion", "failure"]
+    return ["start", "pause", "resume", "rollback", "promotion", "failure", "cleanup"]
 
 
 class NotifySpec(UrlSource):
@@ -141,8 +141,8 @@ class NotifySpec(UrlSource):
     retries: int = Field(default=2, ge=0, le=10, description="Extra attempts on errors and 5xx")
     events: list[Event] = Field(
         default_factory=_default_events,
-        description="Events to send: start, step, pause, resume, rollback, promotion, failure "
-        "(default: all but step)",
+        description="Events to send: start, step, pause, resume, rollback, promotion, failure, "
+        "cleanup (default: all but step)",
     )
 
     _name = field_validator("name")(check_name)

@@ -8,7 +8,9 @@ annotated ``canaryctl.io/promote: <canary subset or host>`` (optionally with
 ``canaryctl.io/policy: <ConfigMap>``) starts a rollout declaratively, for GitOps; the annotations
 are removed in the same patch that writes the first step, and a trigger naming the canary of the
 rollout that already ended there (re-applied by a GitOps tool) is skipped. Before anything else,
-the VirtualServices a crash left behind in a rollout (ended ones too) are repaired.
+the VirtualServices a crash left behind in a rollout (ended ones too) are repaired. A finished
+rollout whose clean-up (``spec.finish``: collapse routes, scale down) has a task due is acted on
+too (``cleanup.py``).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any
 
 import structlog
 
-from canaryctl import followers, operations
+from canaryctl import cleanup, finish, followers, operations
 from canaryctl.controller import Controller, RolloutInfraError, StateChangedError, read_state
 from canaryctl.errors import CanaryctlError, InfraError, InputError, NotFoundError, PolicyError
 from canaryctl.policy import AnalysisPolicy, load_policy, parse_policy_text
@@ -32,7 +34,7 @@ class Outcome:
     namespace: str
     virtual_service: str
     app: str | None
-    action: str  # started, advanced, held, promoted, rolled_back, failed, skipped, error
+    action: str  # started, advanced, held, promoted, rolled_back, failed, skipped, error, cleanup
     detail: str = ""
     phase: str | None = None
     weight: int | None = None
@@ -172,6 +174,14 @@ def _repair(ctl: Controller, state: RolloutState, listed: dict[tuple[str, str], 
             lease.release()
 
 
+# --- clean-up of finished rollouts (finish.py): still due at its time ---
+def _clean_up(ctl: Controller, state: RolloutState) -> Outcome:
+    new = cleanup.act(ctl, state)
+    left = finish.pending(new.cleanup)
+    detail = "; ".join(f"{t['task']} {t['target']}".strip() + f": {t['detail']}" for t in left)
+    return _outcome(new, "cleanup", f"pending: {detail}" if left else "clean-up complete")
+
+
 def reconcile(ctl: Controller, *, namespace: str | None) -> Report:
     report = Report()
     listed = ctl.router.list(namespace)
@@ -189,6 +199,8 @@ def reconcile(ctl: Controller, *, namespace: str | None) -> Report:
                 outcome = done
             elif (state is None or not state.active) and PROMOTE_ANNOTATION in ann:
                 outcome = _start(ctl, vs)
+            elif state is not None and cleanup.due(state, ctl.clock()):
+                outcome = _clean_up(ctl, state)
             elif state is None or not state.active:
                 if state is not None:
                     report.states.append(state)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from typing import Any, TextIO
 
 from canaryctl.rollout import RolloutState
@@ -31,6 +32,22 @@ def history_table(steps: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _at(epoch: float) -> str:
+    return time.strftime("%H:%M:%S UTC", time.gmtime(epoch))
+
+
+def cleanup_lines(data: dict[str, Any]) -> list[str]:
+    """What the clean-up did and what it still has to do, and from when (finish.py)."""
+    lines = []
+    if data.get("undoUntil"):
+        lines.append(f"  undo possible until {_at(data['undoUntil'])} (`canaryctl undo`)")
+    for t in data.get("cleanup") or []:
+        what = f"{t['task']} {t['target']}".strip()
+        when = f"at {_at(t['at'])}" if t.get("at") else f"due from {_at(t['notBefore'])}"
+        lines.append(f"  clean-up {what}: {t['status']} {when}: {t['detail']}")
+    return lines
+
+
 def result_text(data: dict[str, Any]) -> str:
     head = f"{data['result'].replace('_', ' ')}: {data['app']} in {data['namespace']}"
     lines = [head]
@@ -48,6 +65,7 @@ def result_text(data: dict[str, Any]) -> str:
             lines.append(f"  moved with it: {', '.join(data['followers'])}")
         if data.get("reason") and data.get("reason") != data.get("message"):
             lines.append(f"  reason: {data['reason']}")
+        lines.extend(cleanup_lines(data))
         if data.get("steps"):
             lines.append("")
             lines.extend("  " + line for line in history_table(data["steps"]))

@@ -20,6 +20,7 @@ import json
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal, get_args
 
+from canaryctl import finish
 from canaryctl.analysis import StepAnalysis
 
 ANNOTATION = "canaryctl.io/rollout"
@@ -89,6 +90,8 @@ class RolloutState:
     # here, with the weight canaryctl last wrote to it)
     followers: list[str] = field(default_factory=list)
     routes: list[str] | None = None  # --route: only the HTTP routes of these names
+    # --- clean-up after the rollout ended (finish.py): tasks planned by _finish ---
+    cleanup: list[dict[str, Any]] = field(default_factory=list)
 
     # --- derived --------------------------------------------------------------------------
     @property
@@ -245,8 +248,21 @@ def decide(state: RolloutState, analysis: StepAnalysis, *, now: float) -> Decisi
 
 def _finish(state: RolloutState, phase: Phase, reason: str, now: float) -> RolloutState:
     weight = 100 if phase == "Promoted" else 0
+    cleanup = finish.kept(state.cleanup) + finish.plan(
+        state.policy["spec"],
+        phase=phase,
+        stable_workload=state.stable_workload,
+        canary_workload=state.canary_workload,
+        now=now,
+    )
     return replace(
-        state, phase=phase, reason=reason, weight=weight, updated_at=now, finished_at=now
+        state,
+        phase=phase,
+        reason=reason,
+        weight=weight,
+        updated_at=now,
+        finished_at=now,
+        cleanup=cleanup,
     )
 
 

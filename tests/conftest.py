@@ -98,3 +98,14 @@ def prometheus_binary() -> str:
         return find_prometheus()
     except SandboxError as exc:
         pytest.fail(str(exc))
+
+
+@pytest.fixture(autouse=True)
+def _restore_structlog() -> Iterator[None]:
+    """A CLI run in this process (CliRunner) configures structlog for its own stderr and log
+    level; undo it, or a later test's ``capture_logs`` misses what the level filters out."""
+    import structlog
+
+    saved = structlog.get_config()
+    yield
+    structlog.configure(**saved)

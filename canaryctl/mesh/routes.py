@@ -353,7 +353,7 @@ def weight_patch(
             ops.append(
                 {"op": "replace", "path": path, "value": getattr(target.canary, target.mode)}
             )
-    return ops + _annotation_ops(keys, annotations or {})
+    return ops + annotation_ops(keys, annotations or {})
 
 
 def annotation_patch(vs: Obj, annotations: Mapping[str, str | None]) -> list[dict[str, Any]]:
@@ -363,12 +363,14 @@ def annotation_patch(vs: Obj, annotations: Mapping[str, str | None]) -> list[dic
     if not rv:
         raise ValueError(f"VirtualService {_name(vs)} has no resourceVersion to patch against")
     guard = {"op": "replace", "path": "/metadata/resourceVersion", "value": rv}
-    return [guard, *_annotation_ops(_annotation_keys(vs), annotations)]
+    return [guard, *annotation_ops(_annotation_keys(vs), annotations)]
 
 
-def _annotation_ops(
+def annotation_ops(
     keys: frozenset[str] | None, changes: Mapping[str, str | None]
 ) -> list[dict[str, Any]]:
+    """RFC 6902 ops setting ``changes`` (None removes) on an object whose annotation keys are
+    ``keys`` (None: it has no ``metadata.annotations`` map)."""
     ops: list[dict[str, Any]] = []
     if keys is None and any(v is not None for v in changes.values()):
         ops.append({"op": "add", "path": "/metadata/annotations", "value": {}})

@@ -56,6 +56,13 @@ class MetricsProvider(Protocol):
         """Increase of each cumulative latency bucket (le -> count) from ``start`` to ``end``."""
         ...
 
+    def request_count(
+        self, *, namespace: str, workload: str, window_seconds: float
+    ) -> float | None:
+        """Requests ``workload`` received in the last ``window_seconds``; None when the backend
+        has no series for it (no data is not zero: it never lets a Deployment be scaled down)."""
+        ...
+
 
 def get_provider(spec: PrometheusSpec) -> MetricsProvider:
     from canaryctl.metrics.prometheus import PrometheusProvider

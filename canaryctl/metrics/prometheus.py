@@ -320,6 +320,16 @@ class PrometheusProvider:
                 errors += inc
         return WorkloadCounts(requests=round(total), errors=round(errors))
 
+    def request_count(
+        self, *, namespace: str, workload: str, window_seconds: float
+    ) -> float | None:
+        window = format_duration(window_seconds)
+        query = builtin_query(
+            "request-count", namespace=namespace, workload=workload, window=window
+        )
+        value, _why = self.scalar(query)
+        return value
+
     def bucket_counts(
         self, *, namespace: str, workload: str, start: float, end: float
     ) -> dict[float, float]:

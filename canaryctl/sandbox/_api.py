@@ -74,6 +74,18 @@ class Kind:
     kind: str
     namespaced: bool = True
     status_subresource: bool = False
+    scale_subresource: bool = False  # /scale serves an autoscaling/v1 Scale of spec.replicas
+
+    @property
+    def subresources(self) -> frozenset[str]:
+        return frozenset(
+            name
+            for name, served in (
+                ("status", self.status_subresource),
+                ("scale", self.scale_subresource),
+            )
+            if served
+        )
 
     @property
     def qualified(self) -> str:
@@ -95,7 +107,8 @@ BUILTIN_KINDS: tuple[Kind, ...] = (
     Kind("", ("v1",), "pods", "Pod", status_subresource=True),
     Kind("", ("v1",), "serviceaccounts", "ServiceAccount"),
     Kind("", ("v1",), "events", "Event"),
-    Kind("apps", ("v1",), "deployments", "Deployment", status_subresource=True),
+    Kind("apps", ("v1",), "deployments", "Deployment", True, True, scale_subresource=True),
+    Kind("autoscaling", ("v2",), "horizontalpodautoscalers", "HorizontalPodAutoscaler", True, True),
     Kind("coordination.k8s.io", ("v1",), "leases", "Lease"),
     # Stored apart from core events: enough for a sandbox, where nobody reads both APIs.
     Kind("events.k8s.io", ("v1",), "events", "Event"),

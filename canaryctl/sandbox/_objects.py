@@ -141,6 +141,26 @@ def deployment_status(obj: Obj, *, available: bool) -> Obj:
     return status
 
 
+def scale_of(obj: Obj) -> Obj:
+    """The autoscaling/v1 Scale the API server serves at ``.../deployments/NAME/scale``."""
+    meta = obj["metadata"]
+    labels = ((obj.get("spec") or {}).get("selector") or {}).get("matchLabels") or {}
+    return {
+        "apiVersion": "autoscaling/v1",
+        "kind": "Scale",
+        "metadata": {
+            k: meta[k]
+            for k in ("name", "namespace", "uid", "resourceVersion", "creationTimestamp")
+            if k in meta
+        },
+        "spec": {"replicas": obj.get("spec", {}).get("replicas", 1)},
+        "status": {
+            "replicas": (obj.get("status") or {}).get("replicas", 0),
+            "selector": ",".join(f"{k}={v}" for k, v in sorted(labels.items())),
+        },
+    }
+
+
 # --- writes ----------------------------------------------------------------------------------
 
 JSON_PATCH = "application/json-patch+json"

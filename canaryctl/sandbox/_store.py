@@ -149,16 +149,43 @@ class ObjectStore:
             if content_type is not None:
                 body = _objects.apply_patch(kind, _render(current, api_version), body, content_type)
             new = _objects.validate_object(kind, body, name=name, namespace=namespace)
-            wanted = new["metadata"].get("resourceVersion")
-            if wanted and wanted != current["metadata"]["resourceVersion"]:
-                raise _conflict(
-                    kind,
-                    name,
-                    "the object has been modified; please apply your changes to the latest "
-                    "version and try again",
-                )
+            _require_version(kind, name, new["metadata"].get("resourceVersion"), current)
             stored = self._commit(kind, new, current, subresource=subresource, dry_run=dry_run)
             return _render(stored, api_version)
+
+    def scale(
+        self,
+        kind: Kind,
+        namespace: str | None,
+        name: str,
+        *,
+        body: Any,
+        content_type: str | None,
+    ) -> Obj:
+        """The ``scale`` subresource: GET (``body`` None), PUT or PATCH of an autoscaling/v1
+        Scale whose ``spec.replicas`` is the object's. Its resourceVersion, when given, is a
+        precondition like on the object itself."""
+        with self.lock:
+            current = self._existing(kind, namespace, name)
+            scale = _objects.scale_of(current)
+            if body is None:
+                return scale
+            if content_type is not None:
+                body = _objects.apply_patch(kind, scale, body, content_type)
+            replicas = (body.get("spec") or {}).get("replicas") if isinstance(body, dict) else None
+            if type(replicas) is not int or replicas < 0:
+                raise ApiError(
+                    422,
+                    "Invalid",
+                    f'Scale.autoscaling "{name}" is invalid: spec.replicas: Invalid value: '
+                    f"{replicas!r}: must be greater than or equal to 0",
+                )
+            _require_version(
+                kind, name, (body.get("metadata") or {}).get("resourceVersion"), current
+            )
+            new = copy.deepcopy(current)
+            new["spec"]["replicas"] = replicas
+            return _objects.scale_of(self._commit(kind, new, current, dry_run=False))
 
     def delete(
         self, kind: Kind, namespace: str | None, name: str, options: Any, *, dry_run: bool
@@ -312,6 +339,17 @@ def _render(obj: Obj, api_version: str) -> Obj:
     rendered = copy.deepcopy(obj)
     rendered["apiVersion"] = api_version
     return rendered
+
+
+def _require_version(kind: Kind, name: str, wanted: Any, current: Obj) -> None:
+    """A resourceVersion in the written object is a precondition: stale -> 409 Conflict."""
+    if wanted and wanted != current["metadata"]["resourceVersion"]:
+        raise _conflict(
+            kind,
+            name,
+            "the object has been modified; please apply your changes to the latest version "
+            "and try again",
+        )
 
 
 def _conflict(kind: Kind, name: str, why: str) -> ApiError:

@@ -111,7 +111,7 @@ class StrictEmulator(kmock.KubernetesEmulator):
                 kind=kind.kind,
                 namespaced=kind.namespaced,
                 verbs={"get", "list", "create", "update", "patch", "delete"},
-                subresources={"status"} if kind.status_subresource else set(),
+                subresources=set(kind.subresources),
             )
 
     # --- fault injection, RBAC, the writes log (any thread) ------------------------------
@@ -261,13 +261,19 @@ class StrictEmulator(kmock.KubernetesEmulator):
         scoped_ok = kind.namespaced == (target.namespace is not None)
         if (target.name or method == "POST") and not scoped_ok:
             raise _NOT_FOUND
-        if target.subresource and (target.subresource != "status" or not kind.status_subresource):
+        if target.subresource and target.subresource not in kind.subresources:
             raise _NOT_FOUND
         verb = _api.rbac_verb(method, target, query)
         self._authorize(verb, kind, target)
         api_version = kind.api_version(target.version)
         dry_run = "dryRun" in query
         ns, name = target.namespace, target.name
+        if target.subresource == "scale" and name:
+            if verb not in ("get", "update", "patch"):
+                raise ApiError(405, "MethodNotAllowed", f"{verb} is not supported on scale")
+            body = None if verb == "get" else data
+            patch_type = content_type if verb == "patch" else None
+            return self.store.scale(kind, ns, name, body=body, content_type=patch_type), 200
         match verb:
             case "list":
                 return self.store.list(

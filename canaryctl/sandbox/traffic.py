@@ -10,6 +10,13 @@ metrics, named and labelled exactly as Istio's standard metrics, at ``/metrics``
 Request counts per tick are Poisson-distributed around ``rps * elapsed * weight`` (seeded
 ``random.Random``), not the expected value, because the analysis tests sequential statistics and
 needs the noise of real traffic; errors are Bernoulli per request, latencies lognormal.
+
+Two things of a real mesh matter once a release finishes (``finish.py``): sidecars apply a
+changed route some time after it was written (``propagation`` seconds: istiod's push), so the
+previous version keeps receiving requests for a while after the switch; and a destination whose
+Deployment has no available replica answers 503 "no healthy upstream" at the caller. Those
+requests never reach a destination sidecar, so they are not in the destination-reported
+metrics; ``unrouted(workload)`` counts them (what a too-early scale-down costs).
 """
 
 from __future__ import annotations
@@ -95,6 +102,14 @@ class TrafficSimulator:
             f"{kube_url.rstrip('/')}/apis/networking.istio.io/v1/namespaces/{namespace}"
             f"/virtualservices/{virtualservice}"
         )
+        self._deployments_url = (
+            f"{kube_url.rstrip('/')}/apis/apps/v1/namespaces/{namespace}/deployments"
+        )
+        self.propagation = 0.0  # seconds before a route change reaches the sidecars
+        self._seen: list[tuple[float, dict[DestinationKey, int]]] = []  # not yet in force
+        self._available: dict[str, int] = {}  # workload -> available replicas (last read)
+        self._unrouted: dict[str, int] = {}
+        self._last_served: dict[str, float] = {}
         self._destinations = {
             key: _Workload(name, namespace, key[0], key[1] or "unknown")
             for key, name in workloads.items()
@@ -182,6 +197,16 @@ class TrafficSimulator:
             requests_, errors = self._served.get(workload, [0, 0])
             return requests_, errors
 
+    def unrouted(self, workload: str) -> int:
+        """Requests routed to ``workload`` while it had no available replica (503 at the caller)."""
+        with self._lock:
+            return self._unrouted.get(workload, 0)
+
+    def last_served(self, workload: str) -> float | None:
+        """When (epoch seconds) ``workload`` last received a request, or None."""
+        with self._lock:
+            return self._last_served.get(workload)
+
     @property
     def weights(self) -> dict[str, int]:
         """The weights in force, by workload (as last read from the VirtualService)."""
@@ -218,8 +243,31 @@ class TrafficSimulator:
         for key in weights.keys() - self._destinations.keys() - self._unknown:
             log.warning("traffic: no workload for destination %s: its requests are dropped", key)
             self._unknown.add(key)
+        available = self._read_available()
+        now = time.monotonic()
         with self._lock:
-            self._weights = weights
+            self._available.update(available)
+            if not self._seen or self._seen[-1][1] != weights:
+                self._seen.append((now, weights))
+            while self._seen and self._seen[0][0] <= now - self.propagation:
+                self._weights = self._seen.pop(0)[1]
+
+    def _read_available(self) -> dict[str, int]:
+        """Available replicas of each workload's Deployment, one GET each: a LIST would take
+        the faults tests inject into canaryctl's own LIST. One that cannot be read is left out
+        (its last known value is kept)."""
+        out = {}
+        for name in {w.name for w in self._destinations.values()}:
+            try:
+                response = self._session.get(
+                    f"{self._deployments_url}/{name}", timeout=max(self.tick, 1.0)
+                )
+                response.raise_for_status()
+                status = response.json().get("status") or {}
+            except (requests.RequestException, ValueError):
+                continue
+            out[name] = int(status.get("availableReplicas") or 0)
+        return out
 
     def _send(self, elapsed: float) -> None:
         with self._lock:
@@ -231,9 +279,14 @@ class TrafficSimulator:
                 if workload is None or weight <= 0 or total <= 0:
                     continue
                 count = self._poisson(self.rps * elapsed * weight / total)
+                if count and self._available.get(workload.name, 1) == 0:
+                    self._unrouted[workload.name] = self._unrouted.get(workload.name, 0) + count
+                    continue
                 profile = self._profiles[workload.name]
                 for _ in range(count):
                     self._record(workload.name, profile)
+                if count:
+                    self._last_served[workload.name] = time.time()
 
     def _record(self, workload: str, profile: Profile) -> None:
         error = self._random.random() < profile.error_rate

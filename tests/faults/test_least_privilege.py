@@ -8,11 +8,13 @@ rule is not needed and the Role grants more than canaryctl uses.
 
 The commands: ``promote --no-wait``, ``reconcile`` (a due step), ``status``, ``list``,
 ``pause``, ``resume``, ``rollback``, ``promote --no-wait`` again, ``promote --force --yes``,
-and ``reconcile`` starting a rollout declared by annotations with its policy in a ConfigMap
-(the only user of ``configmaps get``).
+``undo`` (the policy's ``spec.finish`` allows it), ``reconcile`` starting a rollout declared by
+annotations with its policy in a ConfigMap (the only user of ``configmaps get``), ``rollback``
+and ``reconcile`` carrying out the clean-up it scheduled (the only user of ``list
+horizontalpodautoscalers`` and ``patch deployments/scale``).
 
 The baseline runs each command as ``python -m canaryctl``; the per-rule matrix (one run of up to
-10 commands per rule) runs them as processes forked from ``forkcli.Zygote`` (calling the same
+13 commands per rule) runs them as processes forked from ``forkcli.Zygote`` (calling the same
 ``canaryctl.cli.main``), which skips the ~1.8 s import of the kubernetes client each time.
 """
 
@@ -21,6 +23,7 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -74,6 +77,15 @@ def _reconciled(*actions: str) -> Check:
     return check
 
 
+def _cleaned_up(res: Run, world: FaultWorld) -> str | None:
+    """One ``cleanup`` outcome that completed: the canary Deployment is at 0 replicas."""
+    problem = _reconciled("cleanup")(res, world)
+    detail = (_json(res).get("rollouts") or [{}])[0].get("detail")
+    if problem is None and detail != "clean-up complete":
+        problem = f"clean-up not complete: {detail}"
+    return problem
+
+
 def _declare_rollout(world: FaultWorld) -> None:
     """The VirtualService back at 80/20 with ``canaryctl.io/promote: v2`` and the policy in a
     ConfigMap named by ``canaryctl.io/policy`` (a GitOps start)."""
@@ -82,7 +94,7 @@ def _declare_rollout(world: FaultWorld) -> None:
         "canaryctl.io/promote": "v2",
         "canaryctl.io/policy": "rest-apl-policy",
     }
-    policy = yaml.safe_load(world.policy(interval="1s").read_text())
+    policy = yaml.safe_load(_policy(world).read_text())
     config_map = {
         "apiVersion": "v1",
         "kind": "ConfigMap",
@@ -92,8 +104,13 @@ def _declare_rollout(world: FaultWorld) -> None:
     world.sb.emulator.apply([config_map, vs])
 
 
+def _policy(world: FaultWorld) -> Path:
+    """1 s steps; after a rollback the canary is scaled down at once; undo allowed for 1m."""
+    return world.policy(interval="1s", finish={"abortScaleDownDelay": "0s", "undoWindow": "1m"})
+
+
 def _commands(world: FaultWorld) -> list[tuple[str, list[str], Check, Callable[[], None]]]:
-    policy = world.policy(interval="1s")
+    policy = _policy(world)
     promote = ["promote", APP, "-n", NS, "--policy", str(policy), "-o", "json"]
 
     def nothing() -> None:
@@ -117,11 +134,24 @@ def _commands(world: FaultWorld) -> list[tuple[str, list[str], Check, Callable[[
         ("rollback", ["rollback", APP, "-n", NS, "-o", "json"], _result("rolled_back"), nothing),
         ("promote --no-wait (again)", [*promote, "--no-wait"], _result("started"), nothing),
         ("promote --force --yes", [*promote, "--force", "--yes"], _result("promoted"), nothing),
+        ("undo", ["undo", APP, "-n", NS, "-o", "json"], _result("undone"), nothing),
         (
             "reconcile (declarative start, policy from ConfigMap)",
             ["reconcile", "-n", NS, "-o", "json"],
             _reconciled("started"),
             lambda: _declare_rollout(world),
+        ),
+        (
+            "rollback (declared)",
+            ["rollback", APP, "-n", NS, "-o", "json"],
+            _result("rolled_back"),
+            nothing,
+        ),
+        (
+            "reconcile (clean-up: scale the canary down)",
+            ["reconcile", "-n", NS, "-o", "json"],
+            _cleaned_up,
+            nothing,
         ),
     ]
 
@@ -171,7 +201,7 @@ def test_role_yaml_rules_let_every_command_succeed(world: FaultWorld, case: Case
     ``python -m canaryctl``) exits 0 with the expected result and nothing is denied."""
     case(
         "RBAC = examples/cronjob/role.yaml; every command",
-        "each of the 10 commands exits 0 with its expected result; no request denied",
+        "each of the 13 commands exits 0 with its expected result; no request denied",
     )
     world.sb.emulator.set_rbac(role_rules())
     runs = _run_commands(
@@ -179,7 +209,7 @@ def test_role_yaml_rules_let_every_command_succeed(world: FaultWorld, case: Case
     )
     failed = [(name, problem) for name, _, problem in runs if problem]
     case.observed(
-        "all 10 commands succeeded"
+        "all 13 commands succeeded"
         if not failed
         else "; ".join(f"`{name}`: {problem[:200]}" for name, problem in failed)
     )

@@ -8,6 +8,7 @@ would pass against it and fail on a cluster.
 from __future__ import annotations
 
 import copy
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -454,3 +455,59 @@ def test_istio_bookinfo_samples_load_and_read_back(
     reviews = emulator.get("networking.istio.io/v1alpha3", "VirtualService", "default", "reviews")
     assert reviews is not None
     assert [r["weight"] for r in reviews["spec"]["http"][0]["route"]] == [80, 20]
+
+
+# --- the scale subresource and HPAs (used by the clean-up after a rollout) --------------------
+def test_scale_subresource_reads_and_patches_spec_replicas(
+    kube_api: ApiClient, emulator: EmulatorServer
+) -> None:
+    """GET .../deployments/NAME/scale is an autoscaling/v1 Scale; a JSON patch of spec.replicas
+    changes the Deployment (and its status); a negative count is 422, a stale RV 409."""
+    apps = AppsV1Api(kube_api)
+    scale = apps.read_namespaced_deployment_scale("rest-apl-v1", NS)
+    assert (scale.spec.replicas, scale.status.selector) == (2, "app=rest-apl,version=v1")
+    ops = [{"op": "replace", "path": "/spec/replicas", "value": 0}]
+    apps.patch_namespaced_deployment_scale("rest-apl-v1", NS, ops, _content_type=JSON_PATCH)
+    deployment = apps.read_namespaced_deployment("rest-apl-v1", NS)
+    assert (deployment.spec.replicas, deployment.status.available_replicas) == (0, 0)
+    assert emulator.writes[-1].path.endswith("/deployments/rest-apl-v1/scale")
+    bad = [{"op": "replace", "path": "/spec/replicas", "value": -1}]
+    with pytest.raises(ApiException) as err:
+        apps.patch_namespaced_deployment_scale("rest-apl-v1", NS, bad, _content_type=JSON_PATCH)
+    assert err.value.status == 422
+    stale = [{"op": "replace", "path": "/metadata/resourceVersion", "value": "1"}, *ops]
+    with pytest.raises(ApiException) as err:
+        apps.patch_namespaced_deployment_scale("rest-apl-v1", NS, stale, _content_type=JSON_PATCH)
+    assert err.value.status == 409
+
+
+def test_scale_rbac_is_its_own_resource_and_hpas_are_listed(
+    kube_api: ApiClient, emulator: EmulatorServer
+) -> None:
+    """`patch deployments` does not grant `patch deployments/scale` (403 naming it); HPAs are
+    served under autoscaling/v2."""
+    emulator.set_rbac([("patch", "apps", "deployments"), ("list", "autoscaling", "*")])
+    ops = [{"op": "replace", "path": "/spec/replicas", "value": 0}]
+    with pytest.raises(ApiException) as err:
+        AppsV1Api(kube_api).patch_namespaced_deployment_scale(
+            "rest-apl-v2", NS, ops, _content_type=JSON_PATCH
+        )
+    message = json.loads(err.value.body)["message"]
+    assert err.value.status == 403 and 'resource "deployments/scale"' in message
+    from kubernetes.client import AutoscalingV2Api
+
+    emulator.apply(
+        [
+            {
+                "apiVersion": "autoscaling/v2",
+                "kind": "HorizontalPodAutoscaler",
+                "metadata": {"name": "v2", "namespace": NS},
+                "spec": {
+                    "scaleTargetRef": {"kind": "Deployment", "name": "rest-apl-v2"},
+                    "maxReplicas": 3,
+                },
+            }
+        ]
+    )
+    hpas = AutoscalingV2Api(kube_api).list_namespaced_horizontal_pod_autoscaler(NS).items
+    assert [h.spec.scale_target_ref.name for h in hpas] == ["rest-apl-v2"]

@@ -62,6 +62,8 @@ CALLS: dict[str, set[tuple[str, str, str]]] = {
     "get_virtual_service": {(ISTIO_GROUP, "virtualservices", "get")},
     "patch_virtual_service": {(ISTIO_GROUP, "virtualservices", "patch")},
     "list_deployments": {("apps", "deployments", "list")},
+    "scale_deployment": {("apps", "deployments/scale", "patch")},
+    "list_hpas": {("autoscaling", "horizontalpodautoscalers", "list")},
     "get_service": {("", "services", "get")},
     "get_config_map": {("", "configmaps", "get")},
     "create_event": {("", "events", "create")},
@@ -79,6 +81,8 @@ EXPECTED_RULES = {
     (ISTIO_GROUP, "virtualservices", "patch"),
     (ISTIO_GROUP, "destinationrules", "list"),
     ("apps", "deployments", "list"),
+    ("apps", "deployments/scale", "patch"),
+    ("autoscaling", "horizontalpodautoscalers", "list"),
     ("", "services", "get"),
     ("", "configmaps", "get"),
     ("", "events", "create"),
@@ -309,8 +313,9 @@ def test_rbac_covers_exactly_what_kube_py_calls() -> None:
 
 def test_cronjob_role_grants_exactly_the_listed_verbs() -> None:
     """The CronJob's Role in istio-apl grants exactly: get/list/patch virtualservices, list
-    destinationrules and deployments, get services and configmaps, create events (core group),
-    get/create/update leases. Nothing else (no watch, no patch on events, no delete)."""
+    destinationrules and deployments, patch deployments/scale, list horizontalpodautoscalers,
+    get services and configmaps, create events (core group), get/create/update leases. Nothing
+    else (no watch, no patch on events or deployments, no delete)."""
     role = _one("cronjob", "Role")
     assert role["metadata"]["namespace"] == "istio-apl"
     assert _grants(role) == EXPECTED_RULES

@@ -239,3 +239,33 @@ def test_missing_prometheus_fails_with_the_install_hint(monkeypatch: pytest.Monk
     server = PrometheusServer(["127.0.0.1:9"], binary="/nonexistent/prometheus")
     with pytest.raises(SandboxError, match="cannot run prometheus"), server:
         pass
+
+
+def test_route_changes_reach_the_traffic_only_after_the_propagation_delay(
+    emulator: EmulatorServer,
+) -> None:
+    """With ``propagation`` 1 s, v1 keeps receiving requests for about a second after the
+    VirtualService sends everything to v2 (sidecars apply istiod's push late)."""
+    with simulator(emulator) as traffic:
+        traffic.propagation = 1.0
+        eventually(lambda: traffic.served("rest-apl-v1")[0], timeout=5)
+        set_weights(emulator.url, 0, 100)
+        switched = time.time()
+        eventually(lambda: traffic.weights == {"rest-apl-v1": 0, "rest-apl-v2": 100}, timeout=5)
+        last = traffic.last_served("rest-apl-v1")
+    assert last is not None and 0.8 <= last - switched <= 2.0
+
+
+def test_a_workload_without_available_replicas_gets_no_requests_only_unrouted_503s(
+    emulator: EmulatorServer,
+) -> None:
+    """v1 with no available replica: requests routed to it are counted as unrouted (503 at the
+    caller) and never reach its destination metrics."""
+    with simulator(emulator) as traffic:
+        eventually(lambda: traffic.served("rest-apl-v1")[0], timeout=5)
+        emulator.set_deployment_available(NS, "rest-apl-v1", False)
+        eventually(lambda: traffic.unrouted("rest-apl-v1") > 50, timeout=5)
+        served = traffic.served("rest-apl-v1")
+        time.sleep(0.3)
+        assert traffic.served("rest-apl-v1") == served
+        assert traffic.unrouted("rest-apl-v2") == 0

@@ -6,12 +6,10 @@ typer's CliRunner keeps stdout and stderr apart (``result.stdout`` / ``result.st
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import jsonschema
 import pytest
-import structlog
 from typer.testing import CliRunner, Result
 
 from canaryctl import __version__
@@ -21,14 +19,6 @@ from canaryctl.policy import json_schema, load_policy
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT = ROOT / "policies" / "default.yaml"
 BAD_STEPS = "spec.steps: must be strictly increasing and end at 100, got [40, 20, 100]"
-
-
-@pytest.fixture(autouse=True)
-def _restore_structlog() -> Iterator[None]:
-    """The CLI configures structlog to print to the runner's (then closed) stderr; undo it."""
-    saved = structlog.get_config()
-    yield
-    structlog.configure(**saved)
 
 
 @pytest.fixture
