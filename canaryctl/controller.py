@@ -300,6 +300,7 @@ class Controller:
             "dwell": "AnalysisDwell",
             "promote": "Promoted",
             "rollback": "RolledBack",
+            "pause": "PausedNoEvidence",
         }[decision.action]
         warn = decision.action == "rollback" or analysis.verdict != "pass"
         self.event(vs, reason, f"{decision.reason} (canary {decision.state.weight}%)", warning=warn)
@@ -397,8 +398,11 @@ class Controller:
                     raise RolloutStateError("rollout state removed by another actor") from None
                 log.info("state.adopted", phase=exc.state.phase, reason=exc.state.reason)
                 state = exc.state
+                continue
             if self.progress is not None:
                 self.progress(state, 0.0)
+            if state.phase == "Paused":  # the analysis paused it (whenNoEvidence): a human's turn
+                return state
         return state
 
     def follow(self, state: RolloutState) -> RolloutState:
