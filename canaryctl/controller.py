@@ -209,14 +209,12 @@ class Controller:
         window = max(1.0, round(now - state.window_start))
         results = as_failed_checks(self.hooks.rollout(state))  # a failing one fails the analysis
         sequential = spec.judge == "sequential"
-        for metric in spec.metrics:
-            if (
-                sequential
-                and metric.name == "request-success-rate"
-                and metric.maxIncrease is None
-                and metric.maxRatio is None
-            ):
-                continue  # judged on counts below (success-rate-floor), not on rate()
+        from canaryctl.judges import measure_counts, sequential_results, threshold_part
+
+        for judged in spec.metrics:
+            metric = threshold_part(judged) if sequential else judged
+            if metric is None:
+                continue  # judged on counts below, not on rate() or one window's quantile
             ctx = QueryContext(
                 namespace=state.namespace,
                 app=state.app,
@@ -238,8 +236,6 @@ class Controller:
             )
             results.append(r)
         if sequential:
-            from canaryctl.judges import measure_counts, sequential_results
-
             entry = measure_counts(provider, state, policy, now)
             extra, reject, dwell = sequential_results(state, policy, entry=entry)
             for r in extra:

@@ -71,7 +71,7 @@ V. Vovk, G. Shafer (2023) "Game-theoretic statistics and safe anytime-valid infe
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 __all__ = [
@@ -81,6 +81,8 @@ __all__ = [
     "error_rate_evalue",
     "normal_quantile",
     "sequential_test",
+    "share_test",
+    "slo_edge",
     "slow_counts",
     "wilson_interval",
 ]
@@ -257,29 +259,70 @@ def _log_start_weight(s: int) -> float:
     return -math.log(2.0) if s == 0 else -math.log(2.0 * s * (s + 1))
 
 
-def _log_evalue(steps: Sequence[StepCounts], psi0: float) -> float:
-    """log of the mixture over (rho_j, start s) of prod_{i >= s} LR_i(rho_j) (1 before s).
+def _change_point_mixture(llrs: Sequence[Sequence[float]], logw: Sequence[float]) -> float:
+    """log of the mixture over (alternative j, start s) of prod_{i >= s} LR_i(j) (1 before s);
+    ``llrs[i][j]`` is log LR_i(j), ``logw[j]`` the alternative's log weight.
 
-    Recursion per rho_j: A_t = (A_{t-1} + pi_t) * LR_t, E_t = sum_j w_j (A_t + sum_{s > t} pi_s).
+    Recursion per j: A_t = (A_{t-1} + pi_t) * LR_t, E_t = sum_j w_j (A_t + sum_{s > t} pi_s).
     """
+    log_a = [-math.inf] * len(logw)
+    for t, row in enumerate(llrs):
+        log_pi = _log_start_weight(t)
+        log_a = [_logsumexp([la, log_pi]) + x for la, x in zip(log_a, row, strict=True)]
+    n = len(llrs)
+    log_tail = 0.0 if n == 0 else -math.log(2.0 * n)  # sum_{s >= n} pi_s
+    return _logsumexp([lw + _logsumexp([la, log_tail]) for la, lw in zip(log_a, logw, strict=True)])
+
+
+def _log_evalue(steps: Sequence[StepCounts], psi0: float) -> float:
+    """log e-value of the relative test (canary vs stable) after ``steps``."""
     prior = _h1_prior(psi0)
     if not _terms(steps):
         return 0.0  # no information: exactly 1
     u0 = math.log(psi0)
-    log_a = [-math.inf] * len(prior)
-    for t, step in enumerate(steps):
+    llrs = []
+    for step in steps:
         term = _terms([step])
         base = _loglik(u0, term)
-        log_pi = _log_start_weight(t)
-        log_a = [
-            _logsumexp([la, log_pi]) + (_loglik(u, term) - base if term else 0.0)
-            for la, (u, _) in zip(log_a, prior, strict=True)
-        ]
-    n = len(steps)
-    log_tail = 0.0 if n == 0 else -math.log(2.0 * n)  # sum_{s >= n} pi_s
-    return _logsumexp(
-        [lw + _logsumexp([la, log_tail]) for la, (_, lw) in zip(log_a, prior, strict=True)]
+        llrs.append([_loglik(u, term) - base if term else 0.0 for u, _ in prior])
+    return _change_point_mixture(llrs, [lw for _, lw in prior])
+
+
+def share_prior(p0: float) -> list[tuple[float, float]]:
+    """(log p_j, log w_j) of the alternatives ``p_j > p0`` of :func:`share_test`: the relative
+    test's grid and weights over ``p_j / p0`` in ``(1, 100]``, cut below ``p_j = 1``."""
+    if not 0.0 < p0 < 1.0:
+        raise ValueError(f"p0 must be in (0, 1), got {p0!r}")
+    kept = [(u + math.log(p0), lw) for u, lw in _h1_prior(1.0) if u + math.log(p0) < 0.0]
+    norm = _logsumexp([lw for _, lw in kept])
+    return [(lp, lw - norm) for lp, lw in kept]
+
+
+def share_llr(bad: int, n: int, log_p: float, p0: float) -> float:
+    """log LR of ``bad`` of ``n`` at share ``exp(log_p)`` against ``p0`` (binomial)."""
+    return bad * (log_p - math.log(p0)) + (n - bad) * (
+        math.log1p(-math.exp(log_p)) - math.log1p(-p0)
     )
+
+
+def share_test(counts: Sequence[tuple[int, int]], *, p0: float, alpha: float) -> tuple[float, bool]:
+    """(e-value, reject) of H0 "the share of bad requests is <= ``p0``" after the windows
+    ``counts`` (requests, bad), e.g. "at most 1 % of requests slower than 500 ms".
+
+    The one-sample counterpart of :func:`sequential_test`, with the same change-point mixture:
+    per alternative ``p > p0`` the binomial likelihood ratio has expectation <= 1 under every
+    share <= ``p0`` (monotone likelihood ratio), so the mixture is an e-process under the whole
+    composite null, valid whatever the windows' sizes and however often it is checked. An SLO
+    breach that is already certain needs no comparison with stable to be seen.
+    """
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha!r}")
+    prior = share_prior(p0)
+    if not any(n for n, _ in counts):
+        return 1.0, False
+    llrs = [[share_llr(bad, n, lp, p0) for lp, _ in prior] for n, bad in counts]
+    log_e = _change_point_mixture(llrs, [lw for _, lw in prior])
+    return (math.exp(log_e) if log_e < 709.0 else math.inf), log_e >= -math.log(alpha)
 
 
 def error_rate_evalue(steps: Sequence[StepCounts], *, psi0: float = 1.2) -> float:
@@ -394,9 +437,16 @@ def slow_counts(increases: Mapping[float, float], slo_ms: float) -> tuple[int, i
     """
     if math.inf not in increases:
         raise ValueError("histogram has no +Inf bucket")
-    bounds = [b for b in increases if math.isfinite(b) and b <= slo_ms]
+    total = max(0.0, increases[math.inf])
+    fast = min(total, max(0.0, increases[slo_edge(increases, slo_ms)]))
+    return (round(total), round(total - fast))
+
+
+def slo_edge(edges: Iterable[float], slo_ms: float) -> float:
+    """The bucket edge a latency limit is judged at: the largest finite edge ``<= slo_ms``
+    (a limit between two edges snaps down: stricter, never laxer). ``ValueError`` if
+    ``slo_ms`` is below every finite edge."""
+    bounds = [b for b in edges if math.isfinite(b) and b <= slo_ms]
     if not bounds:
         raise ValueError(f"slo_ms={slo_ms} is below the smallest histogram bucket")
-    total = max(0.0, increases[math.inf])
-    fast = min(total, max(0.0, increases[max(bounds)]))
-    return (round(total), round(total - fast))
+    return max(bounds)
