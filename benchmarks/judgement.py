@@ -633,7 +633,7 @@ def simulate_rule(
     holds = math.ceil(rule.max_window / sec)
     if rule.inconclusive_limit is not None:
         holds = min(holds, rule.inconclusive_limit)
-    per_step = (holds + 1) * (rule.max_dwell + rule.failure_limit + 2)
+    per_step = (holds + 1) * (max(rule.max_dwell, holds) + rule.failure_limit + 2)
     for t in range(len(WEIGHTS) * per_step + 1):
         idx = np.nonzero(status == RUNNING)[0]
         if idx.size == 0:
@@ -709,18 +709,29 @@ def simulate_rule(
                 v["inconclusive_threshold"] |= v["slo_inc"]
             # dwell (judges._dwell_reason): middle steps, dwell budget left, and for some metric
             # the CS since the weight was set still reaches dwell_ratio while waiting could
-            # settle it: stable's bad share so far x this window's requests x factor >= min_bad
+            # settle it: both versions' bad share so far x this window's requests x factor
+            # >= min_bad
             total = c0.nc + c0.ns
             want = np.zeros(n, bool)
             v["gate_margin"] = []
+            # the final dwell's confidence sequence is judges.FINAL_DWELL_ALPHA's: the cut-off
+            # moves by log(alpha / FINAL_DWELL_ALPHA)
+            shift = np.where(
+                st == last_step - 1, math.log(rule.alpha / judges.FINAL_DWELL_ALPHA), 0
+            )
             for m in range(nm):
                 with np.errstate(invalid="ignore", divide="ignore"):
-                    bad_rate = np.where(cum[m][2, idx] > 0, cum[m][3, idx] / cum[m][2, idx], 0.0)
+                    n_all = cum[m][0, idx] + cum[m][2, idx]
+                    bad_all = cum[m][1, idx] + cum[m][3, idx]
+                    bad_rate = np.where(n_all > 0, bad_all / n_all, 0.0)
                 useful = bad_rate * total * rule.dwell_factor >= rule.dwell_min_bad
-                margin = twins[m].gate_margin(idx)
+                margin = twins[m].gate_margin(idx) + shift
                 want |= ~twins[m].upper_below_gate(idx, margin) & useful
                 v["gate_margin"].append(np.where(useful, margin, np.inf))
-            dwell = (st > 0) & (st < last_step) & (dwelt[idx] < rule.max_dwell) & want
+            # the final dwell (the last step before 100 %) may last maxWindow (judges.final_dwell)
+            final = max(rule.max_dwell, int(rule.max_window // sec))
+            limit = np.where(st == last_step - 1, final, rule.max_dwell)
+            dwell = (st > 0) & (st < last_step) & (dwelt[idx] < limit) & want
         fail = reject | floor_fail | v["fail_threshold"]
         inconclusive = ~fail & (floor_inc | v["inconclusive_threshold"])
         passed = ~fail & ~inconclusive

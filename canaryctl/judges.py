@@ -25,9 +25,10 @@ all of them feed ``stats.sequential_test``:
   threshold judge (``threshold_part``).
 - Dwell: at the middle steps, when the evidence is still compatible with a large regression
   (upper end of the ratio's confidence interval >= 3) and waiting could realistically settle it
-  (stable's bad rate x this window's requests x 8 >= 20 expected bad requests), the weight is held
-  for up to ``MAX_DWELL`` more windows instead of advancing. These holds are not failures and do
-  not count towards ``inconclusiveLimit``.
+  (the bad rate so far x this window's requests x 8 >= 20 expected bad requests), the weight is held
+  for up to ``MAX_DWELL`` more windows instead of advancing; at the last step before 100 % for up
+  to ``maxWindow`` (the final dwell, ``final_dwell``). These holds are not failures and do not
+  count towards ``maxWindow`` or ``inconclusiveLimit``.
 
 The rule and its parameters were chosen with ``benchmarks/judgement.py``; the README quotes it.
 """
@@ -39,7 +40,7 @@ from typing import Any
 
 from canaryctl.analysis import MetricResult
 from canaryctl.metrics._base import MetricsProvider
-from canaryctl.policy import AnalysisPolicy, MetricSpec
+from canaryctl.policy import AnalysisPolicy, MetricSpec, parse_duration
 from canaryctl.rollout import RolloutState
 from canaryctl.stats import (
     StepCounts,
@@ -55,6 +56,9 @@ DWELL_RATIO = 3.0
 DWELL_FACTOR = 8.0
 DWELL_MIN_BAD = 20.0
 MAX_DWELL = 8
+# the final dwell holds until a 3x regression is excluded with this confidence sequence: a
+# canary that regresses late gets past it with probability <= 1e-4, not alpha
+FINAL_DWELL_ALPHA = 1e-4
 SLO_SHARE = 0.01  # request-duration is a p99: "p99 <= max" is "at most 1 % slower than max"
 
 
@@ -304,6 +308,17 @@ def sequential_results(
     return results, reject, dwell
 
 
+def final_dwell(state: RolloutState) -> int:
+    """Windows the last step before 100 % may dwell: the last chance to compare with stable
+    (at 100 % stable serves nothing), so a regression that starts late is not promoted for
+    want of time. ``maxWindow / interval``, the budget a quiet step gets (never below
+    MAX_DWELL; MAX_DWELL for snapshots without maxWindow)."""
+    budget = state.policy["spec"].get("maxWindow")
+    if budget is None:
+        return MAX_DWELL
+    return max(MAX_DWELL, int(parse_duration(budget) // state.interval))
+
+
 def _dwell_reason(
     state: RolloutState,
     here: list[dict[str, Any]],
@@ -315,10 +330,14 @@ def _dwell_reason(
     if not 0 < state.step_index < len(state.steps) - 1:
         return None
     # extra windows already measured at this weight (state.counts is not truncated, unlike
-    # the history): dwells and holds alike, so a step never dwells more than MAX_DWELL times
+    # the history): dwells and holds alike, so a step never dwells more than its limit
     dwelt = len(here) - 1
-    if dwelt >= MAX_DWELL:
+    final = state.step_index == len(state.steps) - 2
+    limit = final_dwell(state) if final else MAX_DWELL
+    if dwelt >= limit:
         return None
+    if final:
+        alpha = FINAL_DWELL_ALPHA
     window = here[-1]
     total = window["canary_requests"] + window["stable_requests"]
     checks = [("error rate", _errors(here), _errors(entries))]
@@ -327,11 +346,13 @@ def _dwell_reason(
     for what, steps_here, steps_all in checks:
         res = sequential_test(steps_here, alpha=alpha)
         hi = res.ratio_ci[1]
-        n_s = sum(s.stable_requests for s in steps_all)
-        bad_rate = sum(s.stable_errors for s in steps_all) / n_s if n_s else 0.0
+        # both versions' bad rate so far: a stable that was lucky (few errors) must not end
+        # the dwell of a canary that is not
+        n = sum(s.stable_requests + s.canary_requests for s in steps_all)
+        bad_rate = sum(s.stable_errors + s.canary_errors for s in steps_all) / n if n else 0.0
         if hi >= DWELL_RATIO and bad_rate * total * DWELL_FACTOR >= DWELL_MIN_BAD:
             return (
-                f"holding for more evidence ({dwelt + 1}/{MAX_DWELL}): the {what} ratio "
+                f"holding for more evidence ({dwelt + 1}/{limit}): the {what} ratio "
                 f"could still be up to {hi:.3g}x stable's"
             )
     return None

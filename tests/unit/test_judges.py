@@ -102,3 +102,29 @@ def test_latency_slo_is_excused_when_stable_breaches_too() -> None:
 def test_latency_slo_is_inconclusive_on_few_requests_without_a_breach() -> None:
     assert _slo_result(500, [(12, 0, 48, 0)]).verdict == "inconclusive"
     assert _slo_result(500, [(400, 1, 1600, 5)]).verdict == "pass"
+
+
+def _dwell_after(steps: list[int], step_index: int, windows: int) -> str | None:
+    """The dwell reason after ``windows`` windows at ``step_index`` of a 3x-compatible canary
+    (10 errors of 5000 against stable's 2 of 1000 each window)."""
+    pol = parse_policy({"spec": {"judge": "sequential", "steps": steps}})
+    state = replace(begin_rollout(pol.snapshot(), now=T0), step_index=step_index)
+    entry = {
+        "step": step_index,
+        "canary_requests": 5000,
+        "canary_errors": 10,
+        "stable_requests": 1000,
+        "stable_errors": 2,
+    }
+    state = replace(state, counts=[entry] * (windows - 1))
+    return sequential_results(state, pol, entry=entry)[2]
+
+
+def test_the_final_dwell_may_hold_up_to_max_window_the_middle_steps_max_dwell() -> None:
+    """A late regression is not promoted for want of time: the last step before 100 % may
+    dwell maxWindow / interval windows (30 here), the earlier ones MAX_DWELL (8)."""
+    reason = _dwell_after([20, 60, 100], 1, 12) or ""
+    assert reason.startswith("holding for more evidence (12/30): the error rate ratio")
+    assert _dwell_after([20, 60, 100], 1, 31) is None
+    assert _dwell_after([20, 40, 60, 100], 1, 8) is not None
+    assert _dwell_after([20, 40, 60, 100], 1, 9) is None
