@@ -265,6 +265,7 @@ class Twin:
         self.cs = np.zeros((n, len(self.cu)))
         self.lg = np.zeros(n)
         self.score_g = np.zeros(n)
+        self.disp = np.zeros((4, n))  # running sums w, w r, w r^2 and k (stats.temper)
 
     def update(self, idx: np.ndarray, c: Counts) -> None:
         ok = (c.nc > 0) & (c.ns > 0) & (c.bc + c.bs > 0)
@@ -279,8 +280,17 @@ class Twin:
 
         t = self.t[idx]
         log_pi = np.where(t == 0, -math.log(2), -np.log(2.0 * np.maximum(t, 1) * (t + 1)))
-        llr = ll(self.u) - ll(np.float64(self.u0))[:, None]
+        sw, swr, swr2, k = self.disp[:, idx]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            phi = (swr2 - swr * swr / sw) / (k - 1)
+            excess = phi - stats._DISPERSION_Z * np.sqrt(2.0 / (k - 1))
+        c = np.where(k < stats._DISPERSION_MIN_WINDOWS, 1.0, 1.0 / np.maximum(1.0, excess))
+        llr = c[:, None] * (ll(self.u) - ll(np.float64(self.u0))[:, None])
+        llr = np.minimum(llr, stats._LOG_LR_CAP)
         self.log_a[idx] = np.logaddexp(self.log_a[idx], log_pi[:, None]) + llr
+        r = np.log((ec + 0.5) / (es + 0.5)) - a
+        w = 1.0 / (1.0 / (ec + 0.5) + 1.0 / (es + 0.5))
+        self.disp[:, idx] += np.where(ok, np.array([w, w * r, w * r * r, np.ones_like(w)]), 0.0)
         self.t[idx] += 1
         self.cs[idx] += ll(self.cu)
         self.lg[idx] += ll(np.float64(self.ug))
@@ -341,17 +351,18 @@ def _floor(
 
     ``here``/``cum``: rows nc, bc, ns, bs since the weight was set / over the whole rollout.
     Fewer than minRequests canary requests: inconclusive. Fail: the canary is confidently below
-    the floor and stable confidently at or above it (on the same counts, or on the whole rollout
-    when they hold fewer than minRequests stable requests).
+    the floor and stable confidently at or above it over the whole rollout, and on the same
+    counts when they hold at least minRequests stable requests. The stable bound returned is
+    the lower of the two that decide.
     """
     nch, bch, nsh, bsh = here[:, idx]
     inc = nch < rule.min_requests
     hi = _wilson(nch - bch, nch, rule.floor_confidence)[1]
     own = nsh >= rule.min_requests
-    ref_n = np.where(own, nsh, cum[2, idx])
-    ref_b = np.where(own, bsh, cum[3, idx])
-    lo = _wilson(ref_n - ref_b, ref_n, rule.floor_confidence)[0]
-    stable_ok = (ref_n >= rule.min_requests) & (lo >= FLOOR_PCT / 100)
+    lo_here = np.where(own, _wilson(nsh - bsh, nsh, rule.floor_confidence)[0], 1.0)
+    lo_cum = _wilson(cum[2, idx] - cum[3, idx], cum[2, idx], rule.floor_confidence)[0]
+    lo = np.minimum(lo_here, lo_cum)
+    stable_ok = (cum[2, idx] >= rule.min_requests) & (lo >= FLOOR_PCT / 100)
     return inc, ~inc & (hi < FLOOR_PCT / 100) & stable_ok, hi, lo
 
 

@@ -17,8 +17,9 @@ all of them feed ``stats.sequential_test``:
   back a good canary stays ``alpha`` overall.
 - The success-rate floor (``request-success-rate`` ``min``) is judged on the counts since the
   current weight was set, with a 99 % Wilson interval: the canary fails only when we are confident
-  it is below the floor *and* stable is confidently above it (measured in the same window, or
-  over the whole rollout when the window has too little stable traffic). One error in ten
+  it is below the floor *and* stable is confidently above it, over the whole rollout and (when it
+  served enough there) at this weight: errors bursting in stable alone or an incident hitting
+  both versions now excuse the canary alike. One error in ten
   requests is not evidence; a stable that is itself below the floor means the environment is
   degraded and the relative test decides.
 - Every other limit (custom queries, the built-ins' relative checks) is judged as in the
@@ -189,15 +190,18 @@ def _floor(
     upper = wilson_interval(n_c - bad_c, n_c, FLOOR_CONFIDENCE)[1]
     if upper >= floor:
         return "pass", f"{value:.4g}% (99% upper bound {100 * upper:.4g}% >= {floor_pct:g})", value
-    src = entries_here
-    if sum(e["stable_requests"] for e in src) < min_requests:
-        src = all_entries
-    n_s = sum(e["stable_requests"] for e in src)
-    bad_s = sum(e["stable_errors"] for e in src)
-    stable_ok = (
-        n_s >= min_requests and wilson_interval(n_s - bad_s, n_s, FLOOR_CONFIDENCE)[0] >= floor
-    )
-    if stable_ok:
+
+    def stable_above(src: list[dict[str, Any]]) -> bool:
+        n_s = sum(e["stable_requests"] for e in src)
+        bad_s = sum(e["stable_errors"] for e in src)
+        low = wilson_interval(n_s - bad_s, n_s, FLOOR_CONFIDENCE)[0] if n_s else 0.0
+        return n_s >= min_requests and low >= floor
+
+    # stable above the floor over the whole rollout (a stable degraded all along, or bursting
+    # independently, excuses the canary) and at this weight when it served enough there (an
+    # incident hitting both now excuses it too)
+    here_enough = sum(e["stable_requests"] for e in entries_here) >= min_requests
+    if stable_above(all_entries) and (not here_enough or stable_above(entries_here)):
         why = f"{value:.4g}% is confidently below {floor_pct:g} (99% upper {100 * upper:.4g}%)"
         return "fail", why, value
     return (
