@@ -1154,22 +1154,53 @@ def summary_table(results: list[CellResult]) -> list[str]:
     return md
 
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
 BEGIN, END = "<!-- judgement:begin -->", "<!-- judgement:end -->"
 
 
-def update_readme(results: list[CellResult]) -> None:
-    """Replace the README's benchmark section (between the markers) with this run's targets
-    and compact table, so the README always quotes what the committed script produced."""
-    table = summary_table(results)
-    text = README.read_text()
-    if not table or BEGIN not in text or END not in text:
+def _between_markers(path: Path, lines: list[str]) -> None:
+    text = path.read_text()
+    if BEGIN not in text or END not in text:
         return
-    lines = [*check_targets(results), *table]
-    lines = ["#### " + x[3:] if x.startswith("## ") else x for x in lines]  # nest under README
-    body = [BEGIN, "", *lines, "", END]
     head, rest = text.split(BEGIN, 1)
-    README.write_text(head + "\n".join(body) + rest.split(END, 1)[1])
+    path.write_text(head + "\n".join([BEGIN, "", *lines, "", END]) + rest.split(END, 1)[1])
+
+
+def readme_sentences(results: list[CellResult]) -> list[str]:
+    """The README's three sentences about the benchmark (the tables are in docs/judgement.md)."""
+    rows = target_rows(results, "c")
+    met = [t for t, ok, _ in rows if ok]
+    degraded = [r for c, r, _ in results if c.good and c.base == 0.012 and c.rate >= 10]
+    worst = {p: max(r[p]["not_promoted"] for r in degraded) for p in ("a", "c")}
+    runs = int(results[0][1]["c"]["n"])
+    return [
+        f"`benchmarks/judgement.py` replays {runs:,} simulated rollouts per scenario (1-100 "
+        "req/s, stable at 0.1-1.2 % errors; regressions, late regressions, incidents, error "
+        "bursts, latency shifts) through canaryctl's own decision code, next to a Flagger-style "
+        "loop. "
+        f"With stable itself at 1.2 % errors (10-100 req/s), the Flagger-style loop rolls back up "
+        f"to {pct(worst['a'])} % of good canaries and `judge: sequential` up to "
+        f"{pct(worst['c'])} %. "
+        f"The sequential judge meets {len(met)} of the {len(rows)} targets we set for it; "
+        + (
+            "it is the default."
+            if len(met) == len(rows)
+            else "until it meets all of them `judge: threshold` stays the default: the tables, "
+            "what is missing and why are in [docs/judgement.md](docs/judgement.md)."
+        )
+    ]
+
+
+def update_docs(results: list[CellResult]) -> None:
+    """README: three sentences; docs/judgement.md: the targets and the summary table, both
+    between the markers, so they always quote what the committed script produced."""
+    table = summary_table(results)
+    if not table:
+        return
+    _between_markers(ROOT / "README.md", readme_sentences(results))
+    lines = [*check_targets(results), *table]
+    lines = ["### " + x[3:] if x.startswith("## ") else x for x in lines]  # nest in the doc
+    _between_markers(ROOT / "docs" / "judgement.md", lines)
 
 
 def report(results: list[CellResult], meta: str, out: Path) -> None:
@@ -1181,7 +1212,7 @@ def report(results: list[CellResult], meta: str, out: Path) -> None:
     md += summary_table(results)
     md += ["", "## Good canaries: false-rollback rate (%)", ""]
     md.append(
-        "Not promoted = rolled back (by any rule, including the inconclusive limit). "
+        "Not promoted = rolled back (by any rule) or paused (maxWindow spent without a verdict). "
         "Time to promote: median seconds over promoted runs."
     )
     md += ["", "| cell | " + " | ".join(SHORT[p] for p in ps) + " | (c) 95 % CI | promote "
@@ -1426,7 +1457,7 @@ def main() -> None:
     )
     report(results, meta, out)
     if args.out is None and not args.quick:
-        update_readme(results)
+        update_docs(results)
     print("\n".join(check_targets(results)))
     print(
         f"done in {el:.0f} s; replayed {total.runs} runs / {total.intervals} analyses "
