@@ -27,6 +27,7 @@ from canaryctl import rollout
 from canaryctl.controller import Controller
 from canaryctl.errors import UsageError
 from canaryctl.metrics._base import MetricsProvider
+from canaryctl.operations import locate
 from canaryctl.policy import AnalysisPolicy, parse_duration
 
 OUTCOMES = {"Promoted": "promoted", "RolledBack": "rolled_back", "Paused": "paused"}
@@ -98,6 +99,17 @@ class Backtest:
 
 def _iso(t: float) -> str:
     return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def last_workloads(ctl: Controller, *, app: str, namespace: str) -> tuple[str, str]:
+    """(canary, stable) workloads of the app's last rollout recorded in the cluster."""
+    _, last = locate(ctl, app=app, namespace=namespace, vs_name=None)
+    if last is None:
+        raise UsageError(
+            f"--canary-workload/--stable-workload: no rollout of {app} recorded in {namespace} "
+            "to take them from; name both"
+        )
+    return last.canary_workload, last.stable_workload
 
 
 def run_backtest(

@@ -325,7 +325,7 @@ def backtest_cmd(
     def body() -> int:
         import time
 
-        from canaryctl.backtest import parse_time, run_backtest
+        from canaryctl.backtest import last_workloads, parse_time, run_backtest
         from canaryctl.metrics._base import get_provider
         from canaryctl.policy import load_policy
 
@@ -335,17 +335,10 @@ def backtest_cmd(
         t0, t1 = parse_time(start, flag="--from", now=now), parse_time(end, flag="--to", now=now)
         pol = load_policy(policy).with_prometheus_url(prometheus_url)
         canary, stable = canary_workload, stable_workload
-        if canary is None or stable is None:  # the workloads of the app's last rollout
-            from canaryctl import operations
-
+        if canary is None or stable is None:
             ctl = _controller(kubeconfig, context, None)
-            _, last = operations.locate(ctl, app=app_name, namespace=namespace, vs_name=None)
-            if last is None:
-                raise UsageError(
-                    f"--canary-workload/--stable-workload: no rollout of {app_name} recorded "
-                    f"in {namespace} to take them from; name both"
-                )
-            canary, stable = canary or last.canary_workload, stable or last.stable_workload
+            last = last_workloads(ctl, app=app_name, namespace=namespace)
+            canary, stable = canary or last[0], stable or last[1]
         result = run_backtest(
             provider=get_provider(pol.spec.prometheus),
             policy=pol,
