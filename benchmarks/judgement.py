@@ -320,7 +320,7 @@ class ShareTwin:
     """Vectorised copy of ``stats.share_test``'s e-process (one side's slow share)."""
 
     def __init__(self, n: int, p0: float) -> None:
-        prior = stats.share_prior(p0)
+        prior = stats._share_prior(p0)
         self.lp = np.array([p[0] for p in prior])
         self.lw = np.array([p[1] for p in prior])
         self.d_bad = self.lp - math.log(p0)

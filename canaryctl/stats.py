@@ -301,7 +301,7 @@ def _log_odds(term: _Term) -> tuple[float, float]:
     return math.log((ec + 0.5) / (es + 0.5)) - a, 1.0 / (1.0 / (ec + 0.5) + 1.0 / (es + 0.5))
 
 
-def temper(sw: float, swr: float, swr2: float, k: int) -> float:
+def _temper(sw: float, swr: float, swr2: float, k: int) -> float:
     """``c = 1 / max(1, phi - Z sqrt(2 / (k - 1)))`` from the running sums of ``w``, ``w r`` and
     ``w r^2`` over ``k`` informative windows (``phi``: Pearson dispersion of the log odds)."""
     if k < _DISPERSION_MIN_WINDOWS:
@@ -325,7 +325,7 @@ def _log_evalue(steps: Sequence[StepCounts], psi0: float) -> float:
         if not term:
             llrs.append([0.0] * len(prior))
             continue
-        c = temper(sw, swr, swr2, k)
+        c = _temper(sw, swr, swr2, k)
         base = _loglik(u0, term)
         llrs.append([min(_LOG_LR_CAP, c * (_loglik(u, term) - base)) for u, _ in prior])
         r, w = _log_odds(term[0])
@@ -333,7 +333,7 @@ def _log_evalue(steps: Sequence[StepCounts], psi0: float) -> float:
     return _change_point_mixture(llrs, [lw for _, lw in prior])
 
 
-def share_prior(p0: float) -> list[tuple[float, float]]:
+def _share_prior(p0: float) -> list[tuple[float, float]]:
     """(log p_j, log w_j) of the alternatives ``p_j > p0`` of :func:`share_test`: the relative
     test's grid and weights over ``p_j / p0`` in ``(1, 100]``, cut below ``p_j = 1``."""
     if not 0.0 < p0 < 1.0:
@@ -343,7 +343,7 @@ def share_prior(p0: float) -> list[tuple[float, float]]:
     return [(lp, lw - norm) for lp, lw in kept]
 
 
-def share_llr(bad: int, n: int, log_p: float, p0: float) -> float:
+def _share_llr(bad: int, n: int, log_p: float, p0: float) -> float:
     """log LR of ``bad`` of ``n`` at share ``exp(log_p)`` against ``p0`` (binomial)."""
     return bad * (log_p - math.log(p0)) + (n - bad) * (
         math.log1p(-math.exp(log_p)) - math.log1p(-p0)
@@ -362,10 +362,10 @@ def share_test(counts: Sequence[tuple[int, int]], *, p0: float, alpha: float) ->
     """
     if not 0.0 < alpha < 1.0:
         raise ValueError(f"alpha must be in (0, 1), got {alpha!r}")
-    prior = share_prior(p0)
+    prior = _share_prior(p0)
     if not any(n for n, _ in counts):
         return 1.0, False
-    llrs = [[share_llr(bad, n, lp, p0) for lp, _ in prior] for n, bad in counts]
+    llrs = [[_share_llr(bad, n, lp, p0) for lp, _ in prior] for n, bad in counts]
     log_e = _change_point_mixture(llrs, [lw for _, lw in prior])
     return (math.exp(log_e) if log_e < 709.0 else math.inf), log_e >= -math.log(alpha)
 
