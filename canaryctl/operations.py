@@ -79,7 +79,8 @@ class Result:
 
 def from_state(state: RolloutState, app: str) -> Result:
     if state.phase == "Paused":  # only a pause decided by the analysis ends a `promote`
-        return Result("paused", app, state.namespace, EXIT_PAUSED, state, state.reason)
+        hint = "`canaryctl resume` re-measures the step, `canaryctl rollback` ends it"
+        return Result("paused", app, state.namespace, EXIT_PAUSED, state, f"paused; {hint}")
     if state.active:
         return Result("in_progress", app, state.namespace, EXIT_OK, state, state.reason)
     return Result(
