@@ -44,11 +44,11 @@ FLOOR_PCT = 99.0  # request-success-rate min (the product default policy)
 P99_MS = 500.0  # request-duration max (the product default policy)
 ISTIO_BUCKETS_MS = (0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000,
                     60000, 300000, 600000, 1800000, 3600000)  # fmt: skip
-RUNNING, PROMOTED, ROLLED_BACK = 0, 1, 2
+RUNNING, PROMOTED, ROLLED_BACK, PAUSED = 0, 1, 2, 3  # PAUSED: maxWindow spent, no verdict
 # rollback reasons
-R_THRESHOLD, R_TEST, R_FLOOR, R_INCONCLUSIVE = 1, 2, 3, 4
+R_THRESHOLD, R_TEST, R_FLOOR, R_INCONCLUSIVE, R_SLO = 1, 2, 3, 4, 5
 REASONS = {R_THRESHOLD: "threshold", R_TEST: "e-process", R_FLOOR: "floor",
-           R_INCONCLUSIVE: "inconclusive limit"}  # fmt: skip
+           R_INCONCLUSIVE: "no evidence", R_SLO: "latency SLO"}  # fmt: skip
 
 
 # --- scenarios ------------------------------------------------------------------------------
@@ -265,6 +265,7 @@ class Twin:
         self.cs = np.zeros((n, len(self.cu)))
         self.lg = np.zeros(n)
         self.score_g = np.zeros(n)
+        self.disp = np.zeros((4, n))  # running sums w, w r, w r^2 and k (stats.temper)
 
     def update(self, idx: np.ndarray, c: Counts) -> None:
         ok = (c.nc > 0) & (c.ns > 0) & (c.bc + c.bs > 0)
@@ -279,8 +280,17 @@ class Twin:
 
         t = self.t[idx]
         log_pi = np.where(t == 0, -math.log(2), -np.log(2.0 * np.maximum(t, 1) * (t + 1)))
-        llr = ll(self.u) - ll(np.float64(self.u0))[:, None]
+        sw, swr, swr2, k = self.disp[:, idx]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            phi = (swr2 - swr * swr / sw) / (k - 1)
+            excess = phi - stats._DISPERSION_Z * np.sqrt(2.0 / (k - 1))
+        c = np.where(k < stats._DISPERSION_MIN_WINDOWS, 1.0, 1.0 / np.maximum(1.0, excess))
+        llr = c[:, None] * (ll(self.u) - ll(np.float64(self.u0))[:, None])
+        llr = np.minimum(llr, stats._LOG_LR_CAP)
         self.log_a[idx] = np.logaddexp(self.log_a[idx], log_pi[:, None]) + llr
+        r = np.log((ec + 0.5) / (es + 0.5)) - a
+        w = 1.0 / (1.0 / (ec + 0.5) + 1.0 / (es + 0.5))
+        self.disp[:, idx] += np.where(ok, np.array([w, w * r, w * r * r, np.ones_like(w)]), 0.0)
         self.t[idx] += 1
         self.cs[idx] += ll(self.cu)
         self.lg[idx] += ll(np.float64(self.ug))
@@ -306,6 +316,34 @@ class Twin:
         return (margin <= 0) & (self.score_g[idx] < 0)
 
 
+class ShareTwin:
+    """Vectorised copy of ``stats.share_test``'s e-process (one side's slow share)."""
+
+    def __init__(self, n: int, p0: float) -> None:
+        prior = stats._share_prior(p0)
+        self.lp = np.array([p[0] for p in prior])
+        self.lw = np.array([p[1] for p in prior])
+        self.d_bad = self.lp - math.log(p0)
+        self.d_good = np.log1p(-np.exp(self.lp)) - math.log1p(-p0)
+        self.log_a = np.full((n, len(self.lp)), -np.inf)
+        self.t = np.zeros(n, int)
+        self.seen = np.zeros(n, bool)  # any request yet (share_test is exactly 1 before)
+
+    def update(self, idx: np.ndarray, n_req: np.ndarray, bad: np.ndarray) -> None:
+        t = self.t[idx]
+        log_pi = np.where(t == 0, -math.log(2), -np.log(2.0 * np.maximum(t, 1) * (t + 1)))
+        llr = bad[:, None] * self.d_bad + (n_req - bad)[:, None] * self.d_good
+        self.log_a[idx] = np.logaddexp(self.log_a[idx], log_pi[:, None]) + llr
+        self.t[idx] += 1
+        self.seen[idx] |= n_req > 0
+
+    def log_e(self, idx: np.ndarray) -> np.ndarray:
+        log_tail = -np.log(2.0 * self.t[idx])[:, None]
+        return np.where(
+            self.seen[idx], _lse(self.lw + np.logaddexp(self.log_a[idx], log_tail)), 0.0
+        )
+
+
 def _floor(
     here: np.ndarray, cum: np.ndarray, idx: np.ndarray, rule: Rule
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -313,17 +351,18 @@ def _floor(
 
     ``here``/``cum``: rows nc, bc, ns, bs since the weight was set / over the whole rollout.
     Fewer than minRequests canary requests: inconclusive. Fail: the canary is confidently below
-    the floor and stable confidently at or above it (on the same counts, or on the whole rollout
-    when they hold fewer than minRequests stable requests).
+    the floor and stable confidently at or above it over the whole rollout, and on the same
+    counts when they hold at least minRequests stable requests. The stable bound returned is
+    the lower of the two that decide.
     """
     nch, bch, nsh, bsh = here[:, idx]
     inc = nch < rule.min_requests
     hi = _wilson(nch - bch, nch, rule.floor_confidence)[1]
     own = nsh >= rule.min_requests
-    ref_n = np.where(own, nsh, cum[2, idx])
-    ref_b = np.where(own, bsh, cum[3, idx])
-    lo = _wilson(ref_n - ref_b, ref_n, rule.floor_confidence)[0]
-    stable_ok = (ref_n >= rule.min_requests) & (lo >= FLOOR_PCT / 100)
+    lo_here = np.where(own, _wilson(nsh - bsh, nsh, rule.floor_confidence)[0], 1.0)
+    lo_cum = _wilson(cum[2, idx] - cum[3, idx], cum[2, idx], rule.floor_confidence)[0]
+    lo = np.minimum(lo_here, lo_cum)
+    stable_ok = (cum[2, idx] >= rule.min_requests) & (lo >= FLOOR_PCT / 100)
     return inc, ~inc & (hi < FLOOR_PCT / 100) & stable_ok, hi, lo
 
 
@@ -378,7 +417,9 @@ class Rule:
 
     judge: str = "sequential"  # or "threshold"
     failure_limit: int = 0
-    inconclusive_limit: int = 3
+    inconclusive_limit: int | None = None
+    max_window: float = 1800.0  # seconds (maxWindow 30m)
+    when_no_evidence: str = "pause"
     min_requests: int = 50
     alpha: float = 0.01
     psi0: float = 1.2
@@ -387,12 +428,6 @@ class Rule:
     dwell_factor: float = judges.DWELL_FACTOR
     dwell_min_bad: float = judges.DWELL_MIN_BAD
     floor_confidence: float = judges.FLOOR_CONFIDENCE
-    # What-if only (not the product; such runs are not replayed): how the sequential judge
-    # treats the request-duration max. "threshold" (the product): the window's p99 <= max;
-    # "floor": the share of requests slower than max judged like the success-rate floor (counts
-    # since the weight was set, 99 % Wilson, stable confidently within); "off": only the
-    # slow-share sequential test.
-    p99: str = "threshold"
 
     def policy(self, latency: bool, sec: float) -> dict[str, Any]:
         """The AnalysisPolicy snapshot stored with the replayed rollout. Error cells: a policy
@@ -407,18 +442,22 @@ class Rule:
             "interval": f"{sec:g}s",
             "judge": self.judge,
             "failureLimit": self.failure_limit,
-            "inconclusiveLimit": self.inconclusive_limit,
+            "maxWindow": f"{self.max_window:g}s",
+            "whenNoEvidence": self.when_no_evidence,
             "minRequests": self.min_requests,
             "alpha": self.alpha,
             "psi0": self.psi0,
             "metrics": metrics,
         }
+        if self.inconclusive_limit is not None:
+            spec["inconclusiveLimit"] = self.inconclusive_limit
         return parse_policy({"spec": spec}, source="benchmark policy").snapshot()
 
     def describe(self) -> str:
         out = (
-            f"judge {self.judge}, failureLimit {self.failure_limit}, inconclusiveLimit "
-            f"{self.inconclusive_limit}, minRequests {self.min_requests}"
+            f"judge {self.judge}, failureLimit {self.failure_limit}, maxWindow "
+            f"{self.max_window:g}s, whenNoEvidence {self.when_no_evidence}, minRequests "
+            f"{self.min_requests}"
         )
         if self.judge == "sequential":
             out += (
@@ -427,8 +466,6 @@ class Rule:
                 f"{self.dwell_factor:g}, DWELL_MIN_BAD {self.dwell_min_bad:g}, FLOOR_CONFIDENCE "
                 f"{self.floor_confidence:g}"
             )
-            if self.p99 != "threshold":
-                out += f"; what-if p99={self.p99}"
         return out
 
     def patch_judges(self) -> None:
@@ -442,7 +479,7 @@ POLICIES = {
     "b": "(b) thresholds, failureLimit 0",
     "b2": "(b') thresholds, failureLimit 2",
     "c": "(c) sequential",
-    "c2": "(c') sequential, inconclusiveLimit 20",
+    "c2": "(c') sequential, alpha 0.05",
     "d": "(d) naive z-test",
 }
 SHORT = {"a": "(a)", "b": "(b)", "b2": "(b')", "c": "(c)", "c2": "(c')", "d": "(d)"}
@@ -454,7 +491,7 @@ def rules(design: dict[str, Any]) -> dict[str, Rule]:
         "b": Rule(judge="threshold"),
         "b2": Rule(judge="threshold", failure_limit=2),
         "c": replace(Rule(), **design),
-        "c2": replace(Rule(inconclusive_limit=20), **design),
+        "c2": replace(Rule(alpha=0.05), **design),
     }
 
 
@@ -559,26 +596,25 @@ def simulate_rule(
 
     - the *analysis window* (``Controller.analyse``: ``now - state.window_start``): grows while
       the analyses are inconclusive (the weight is held, the window keeps its start), restarts
-      after every other decision (advance, fail-hold, dwell). Threshold metrics
+      after every other decision (advance, fail-hold, dwell). The threshold judge's metrics
       (``analysis.judge_metric``) are judged on it: the p99 <= 500 ms (latency cells;
-      ``histogram_quantile`` of the window's buckets), and for the threshold judge the success
-      rate >= 99 % (the window's ``rate()`` ratio); fewer than minRequests canary requests in
-      the window = inconclusive;
+      ``histogram_quantile`` of the window's buckets) and the success rate >= 99 % (the
+      window's ``rate()`` ratio); fewer than minRequests canary requests in the window =
+      inconclusive; its age (``win_t``) is what ``maxWindow`` bounds;
     - the *counts window* (``judges.measure_counts``: ``[step_started_at, now]``): always the
       last interval (non-overlapping). Sequential judge: the e-process of every sequential
-      metric over all the rollout's windows (alpha / number of metrics each), rejected -> fail;
-      the success-rate floor on the windows since the weight was set (``judges._floor``); the
+      metric over all the rollout's windows (alpha / number of e-processes each), rejected ->
+      fail; the latency SLO (``judges._slo_metric``: the one-sample e-process of the canary's
+      and stable's slow shares over all windows); the success-rate floor on the windows since
+      the weight was set (``judges._floor``); the
       dwell (``judges._dwell_reason``: at most ``max_dwell`` windows already measured at this
       weight, holds and dwells alike);
-    - ``combine`` (fail > inconclusive > pass) and ``decide`` (failureLimit, inconclusiveLimit,
-      dwell, advance, promote).
+    - ``combine`` (fail > inconclusive > pass) and ``decide`` (failureLimit, maxWindow /
+      whenNoEvidence and the legacy inconclusiveLimit, dwell, advance, promote).
 
     The first ``sample`` runs are replayed through the product code at every interval.
     """
-    assert rule.p99 in ("threshold", "floor", "off"), rule.p99
     rule.patch_judges()
-    if rule.p99 != "threshold":
-        sample = 0  # not the product rule: nothing to replay
     rng = np.random.default_rng(seed)
     seq = rule.judge == "sequential"
     nm = 2 if cell.latency else 1
@@ -597,14 +633,18 @@ def simulate_rule(
     win_h = np.zeros((runs, len(ISTIO_BUCKETS_MS) + 1), int) if cell.latency else None
     here = np.zeros((nm, 4, runs))  # counts since the weight was set: nc, bc, ns, bs
     cum = np.zeros((nm, 4, runs))  # counts of the whole rollout
-    alpha_m = rule.alpha / nm  # as judges.sequential_results: alpha split between the tests
+    alpha_m = rule.alpha / (2 * nm - 1)  # judges.sequential_results: split between e-processes
     log_thr = math.log(1.0 / alpha_m)
     twins = [Twin(runs, rule.psi0, rule.dwell_ratio, rule.alpha) for _ in range(nm)]
+    slo = [ShareTwin(runs, judges.SLO_SHARE) for _ in range(2)]  # canary, stable slow shares
     replays = [Replay(cell, rule, sec, r) for r in range(min(sample, runs))]
     check = Check(runs=len(replays))
     w_arr = np.array(WEIGHTS) / 100.0
     last_step = len(WEIGHTS) - 1
-    per_step = (rule.inconclusive_limit + 1) * (rule.max_dwell + rule.failure_limit + 2)
+    holds = math.ceil(rule.max_window / sec)
+    if rule.inconclusive_limit is not None:
+        holds = min(holds, rule.inconclusive_limit)
+    per_step = (holds + 1) * (max(rule.max_dwell, holds) + rule.failure_limit + 2)
     for t in range(len(WEIGHTS) * per_step + 1):
         idx = np.nonzero(status == RUNNING)[0]
         if idx.size == 0:
@@ -634,7 +674,7 @@ def simulate_rule(
             v["sr_fail"] = ~v["sr_inc"] & (rate < FLOOR_PCT)
             v["fail_threshold"] |= v["sr_fail"]
             v["inconclusive_threshold"] |= v["sr_inc"]
-        if cell.latency and rule.p99 == "threshold":  # request-duration max: the window's p99
+        if cell.latency and not seq:  # request-duration max: the window's p99
             assert cs[1].hist_c is not None and win_h is not None
             win_h[idx] += cs[1].hist_c
             v["p99"] = histogram_p99(win_h[idx])
@@ -668,24 +708,41 @@ def simulate_rule(
                 )
                 check.floor += n_checked
                 check.floor_fails += n_checked * bool(floor_fail[p])
-            if cell.latency and rule.p99 == "floor":  # what-if: the SLO judged like the floor
-                inc, fl, _, _ = _floor(here[1], cum[1], idx, rule)
-                v["fail_threshold"] |= fl
-                v["inconclusive_threshold"] |= inc
+            if cell.latency:  # latency-slo (judges._slo_metric)
+                lat = cs[1]
+                slo[0].update(idx, lat.nc, lat.bc)
+                slo[1].update(idx, lat.ns, lat.bs)
+                v["slo_e"] = [tw.log_e(idx) for tw in slo]
+                breach = [le >= log_thr for le in v["slo_e"]]
+                v["slo_fail"] = breach[0] & ~breach[1]
+                v["slo_inc"] = ~breach[0] & (here[1][0, idx] < rule.min_requests)
+                v["fail_threshold"] |= v["slo_fail"]
+                v["inconclusive_threshold"] |= v["slo_inc"]
             # dwell (judges._dwell_reason): middle steps, dwell budget left, and for some metric
             # the CS since the weight was set still reaches dwell_ratio while waiting could
-            # settle it: stable's bad share so far x this window's requests x factor >= min_bad
+            # settle it: both versions' bad share so far x this window's requests x factor
+            # >= min_bad
             total = c0.nc + c0.ns
             want = np.zeros(n, bool)
             v["gate_margin"] = []
+            # the final dwell's confidence sequence is judges.FINAL_DWELL_ALPHA's: the cut-off
+            # moves by log(alpha / FINAL_DWELL_ALPHA)
+            shift = np.where(
+                st == last_step - 1, math.log(rule.alpha / judges.FINAL_DWELL_ALPHA), 0
+            )
             for m in range(nm):
                 with np.errstate(invalid="ignore", divide="ignore"):
-                    bad_rate = np.where(cum[m][2, idx] > 0, cum[m][3, idx] / cum[m][2, idx], 0.0)
+                    n_all = cum[m][0, idx] + cum[m][2, idx]
+                    bad_all = cum[m][1, idx] + cum[m][3, idx]
+                    bad_rate = np.where(n_all > 0, bad_all / n_all, 0.0)
                 useful = bad_rate * total * rule.dwell_factor >= rule.dwell_min_bad
-                margin = twins[m].gate_margin(idx)
+                margin = twins[m].gate_margin(idx) + shift
                 want |= ~twins[m].upper_below_gate(idx, margin) & useful
                 v["gate_margin"].append(np.where(useful, margin, np.inf))
-            dwell = (st > 0) & (st < last_step) & (dwelt[idx] < rule.max_dwell) & want
+            # the final dwell (the last step before 100 %) may last maxWindow (judges.final_dwell)
+            final = max(rule.max_dwell, int(rule.max_window // sec))
+            limit = np.where(st == last_step - 1, final, rule.max_dwell)
+            dwell = (st > 0) & (st < last_step) & (dwelt[idx] < limit) & want
         fail = reject | floor_fail | v["fail_threshold"]
         inconclusive = ~fail & (floor_inc | v["inconclusive_threshold"])
         passed = ~fail & ~inconclusive
@@ -693,19 +750,25 @@ def simulate_rule(
         failed[idx] += fail
         rb_fail = fail & (reject | (failed[idx] > rule.failure_limit))
         streak[idx] = np.where(inconclusive, streak[idx] + 1, 0)
-        rb_inc = inconclusive & (streak[idx] > rule.inconclusive_limit)
+        limit = math.inf if rule.inconclusive_limit is None else rule.inconclusive_limit
+        over = streak[idx] > limit
+        spent = inconclusive & ~over & (win_t[idx] * sec >= rule.max_window)
+        rb_inc = inconclusive & (over | (spent & (rule.when_no_evidence == "rollback")))
+        pause = spent & (rule.when_no_evidence == "pause")
         dw = passed & dwell
         last = st == last_step
         promote = passed & ~dw & last
         adv = passed & ~dw & ~last
         rollback = rb_fail | rb_inc
         why = np.select(
-            [reject, floor_fail, v["fail_threshold"]],
-            [R_TEST, R_FLOOR, R_THRESHOLD],
+            [reject, floor_fail, v.get("slo_fail", np.zeros(n, bool)), v["fail_threshold"]],
+            [R_TEST, R_FLOOR, R_SLO, R_THRESHOLD],
             R_INCONCLUSIVE,
         )
         action = np.select(
-            [rollback, promote, adv, dw], ["rollback", "promote", "advance", "dwell"], "hold"
+            [rollback, pause, promote, adv, dw],
+            ["rollback", "pause", "promote", "advance", "dwell"],
+            "hold",
         )
         v.update(floor_inc=floor_inc, floor_fail=floor_fail, dwell=dw, action=action, why=why)
         for p in np.nonzero(idx < len(replays))[0]:
@@ -721,8 +784,9 @@ def simulate_rule(
                     check.longest = max(check.longest, int(v["win_t"][p]))
         status[idx[rollback]] = ROLLED_BACK
         status[idx[promote]] = PROMOTED
+        status[idx[pause]] = PAUSED
         reason[idx[rollback]] = why[rollback]
-        dtime[idx[rollback | promote]] = (t + 1) * sec
+        dtime[idx[rollback | promote | pause]] = (t + 1) * sec
         moved = idx[adv]
         step[moved] += 1
         dwelt[idx] += 1  # this window is now stored at this step ...
@@ -851,9 +915,8 @@ class Replay:
         seq = self.rule.judge == "sequential"
         margins = [abs(v["p99"][p] - P99_MS)] if "p99" in v else []
         if seq:
-            margins += [
-                abs(le[p] - math.log(1.0 / (self.rule.alpha / len(cs)))) for le in v["log_e"]
-            ]
+            log_thr = math.log((2 * len(cs) - 1) / self.rule.alpha)
+            margins += [abs(le[p] - log_thr) for le in (*v["log_e"], *v.get("slo_e", ()))]
             margins += [abs(g[p]) for g in v["gate_margin"]]
             margins += [abs(v[k][p] - FLOOR_PCT / 100) for k in ("floor_hi", "stable_lo")]
         if min((x for x in margins if not math.isnan(x)), default=math.inf) < TIE:
@@ -873,8 +936,13 @@ class Replay:
 
         if seq:
             names = ("sequential-error-rate", "sequential-latency")[: len(cs)]
-            for name, le in zip(names, v["log_e"], strict=True):
-                e = got[name].value
+            pairs = list(zip(names, v["log_e"], strict=True))
+            if "slo_e" in v:  # latency-slo: the canary's e-value as value, stable's as stable
+                slo = got["latency-slo"]
+                pairs += [("latency-slo", v["slo_e"][0]), ("latency-slo stable", v["slo_e"][1])]
+                assert slo.verdict == verdict(v["slo_fail"], v["slo_inc"]), (where, slo)
+            for name, le in pairs:
+                e = got[name].value if name in got else slo.stable
                 assert e is not None
                 if e >= 1e308:  # the product caps an overflowing e-value
                     assert le[p] >= 709.0, (where, name, le[p], e)
@@ -892,7 +960,7 @@ class Replay:
         if analysis.verdict == "pass":
             assert (analysis.dwell is not None) == bool(v["dwell"][p]), (where, analysis.dwell)
         assert decision.action == v["action"][p], (where, decision.action, v["action"][p], got)
-        self.done = decision.action in ("promote", "rollback")
+        self.done = decision.action in ("promote", "rollback", "pause")
         if decision.action == "rollback":
             return f"rollback ({REASONS[int(v['why'][p])]})"
         return str(decision.action)
@@ -930,6 +998,8 @@ def summarise(res: Result) -> Summary:
         "by_test": float((det & (res.reason == R_TEST)).mean()),
         "by_floor": float((det & (res.reason == R_FLOOR)).mean()),
         "by_inconclusive": float((det & (res.reason == R_INCONCLUSIVE)).mean()),
+        "by_slo": float((det & (res.reason == R_SLO)).mean()),
+        "paused": float((res.status == PAUSED).mean()),
     }
 
 
@@ -1084,22 +1154,53 @@ def summary_table(results: list[CellResult]) -> list[str]:
     return md
 
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
 BEGIN, END = "<!-- judgement:begin -->", "<!-- judgement:end -->"
 
 
-def update_readme(results: list[CellResult]) -> None:
-    """Replace the README's benchmark section (between the markers) with this run's targets
-    and compact table, so the README always quotes what the committed script produced."""
-    table = summary_table(results)
-    text = README.read_text()
-    if not table or BEGIN not in text or END not in text:
+def _between_markers(path: Path, lines: list[str]) -> None:
+    text = path.read_text()
+    if BEGIN not in text or END not in text:
         return
-    lines = [*check_targets(results), *table]
-    lines = ["#### " + x[3:] if x.startswith("## ") else x for x in lines]  # nest under README
-    body = [BEGIN, "", *lines, "", END]
     head, rest = text.split(BEGIN, 1)
-    README.write_text(head + "\n".join(body) + rest.split(END, 1)[1])
+    path.write_text(head + "\n".join([BEGIN, "", *lines, "", END]) + rest.split(END, 1)[1])
+
+
+def readme_sentences(results: list[CellResult]) -> list[str]:
+    """The README's three sentences about the benchmark (the tables are in docs/judgement.md)."""
+    rows = target_rows(results, "c")
+    met = [t for t, ok, _ in rows if ok]
+    degraded = [r for c, r, _ in results if c.good and c.base == 0.012 and c.rate >= 10]
+    worst = {p: max(r[p]["not_promoted"] for r in degraded) for p in ("a", "c")}
+    runs = int(results[0][1]["c"]["n"])
+    return [
+        f"`benchmarks/judgement.py` replays {runs:,} simulated rollouts per scenario (1-100 "
+        "req/s, stable at 0.1-1.2 % errors; regressions, late regressions, incidents, error "
+        "bursts, latency shifts) through canaryctl's own decision code, next to a Flagger-style "
+        "loop. "
+        f"With stable itself at 1.2 % errors (10-100 req/s), the Flagger-style loop rolls back up "
+        f"to {pct(worst['a'])} % of good canaries and `judge: sequential` up to "
+        f"{pct(worst['c'])} %. "
+        f"The sequential judge meets {len(met)} of the {len(rows)} targets we set for it; "
+        + (
+            "it is the default."
+            if len(met) == len(rows)
+            else "until it meets all of them `judge: threshold` stays the default: the tables, "
+            "what is missing and why are in [docs/judgement.md](docs/judgement.md)."
+        )
+    ]
+
+
+def update_docs(results: list[CellResult]) -> None:
+    """README: three sentences; docs/judgement.md: the targets and the summary table, both
+    between the markers, so they always quote what the committed script produced."""
+    table = summary_table(results)
+    if not table:
+        return
+    _between_markers(ROOT / "README.md", readme_sentences(results))
+    lines = [*check_targets(results), *table]
+    lines = ["### " + x[3:] if x.startswith("## ") else x for x in lines]  # nest in the doc
+    _between_markers(ROOT / "docs" / "judgement.md", lines)
 
 
 def report(results: list[CellResult], meta: str, out: Path) -> None:
@@ -1111,7 +1212,7 @@ def report(results: list[CellResult], meta: str, out: Path) -> None:
     md += summary_table(results)
     md += ["", "## Good canaries: false-rollback rate (%)", ""]
     md.append(
-        "Not promoted = rolled back (by any rule, including the inconclusive limit). "
+        "Not promoted = rolled back (by any rule) or paused (maxWindow spent without a verdict). "
         "Time to promote: median seconds over promoted runs."
     )
     md += ["", "| cell | " + " | ".join(SHORT[p] for p in ps) + " | (c) 95 % CI | promote "
@@ -1154,17 +1255,16 @@ def report(results: list[CellResult], meta: str, out: Path) -> None:
             )
     md += ["", "## A/A calibration: why good canaries were rolled back (%)", ""]
     md.append(
-        "e-process = the sequential test rejected (bounded by alpha = 1 % over the rollout; "
-        "alpha/2 per test in latency cells); floor = success-rate floor; p99 = the absolute "
-        "`request-duration` threshold on the analysis window (one interval, longer after "
-        "inconclusive holds); inconclusive = more than "
-        "inconclusiveLimit inconclusive analyses in a row. (d) is the negative control: a "
-        "fixed-sample z-test at 5 % repeated after every step."
+        "e-process = the relative sequential tests rejected (bounded by alpha = 1 % over the "
+        "rollout; alpha/3 per e-process in latency cells); floor = success-rate floor; latency "
+        "SLO = `latency-slo` (the p99 limit as a slow share on counts, alpha/3); no evidence = "
+        "paused or rolled back when maxWindow (30 min) was spent without a verdict. (d) is the "
+        "negative control: a fixed-sample z-test at 5 % repeated after every step."
     )
     md += [
         "",
-        "| cell | (c) e-process | (c) floor | (c) p99 | (c) inconclusive | (c) total [95 % CI] "
-        "| (c') total | (c') inconclusive | (d) naive z |",
+        "| cell | (c) e-process | (c) floor | (c) latency SLO | (c) no evidence | (c) total "
+        "[95 % CI] | (c') total | (c') no evidence | (d) naive z |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for c, r, _ in results:
@@ -1172,10 +1272,10 @@ def report(results: list[CellResult], meta: str, out: Path) -> None:
             rc, r2 = r["c"], r["c2"]
             md.append(
                 f"| {c.label} | {pct(rc['by_test'])} | {pct(rc['by_floor'])}"
-                f" | {pct(rc['by_threshold'])} | {pct(rc['by_inconclusive'])}"
+                f" | {pct(rc['by_slo'])} | {pct(rc['by_inconclusive'] + rc['paused'])}"
                 f" | {pct(rc['not_promoted'])}"
                 f" [{pct(rc['not_promoted_lo'])}-{pct(rc['not_promoted_hi'])}]"
-                f" | {pct(r2['not_promoted'])} | {pct(r2['by_inconclusive'])}"
+                f" | {pct(r2['not_promoted'])} | {pct(r2['by_inconclusive'] + r2['paused'])}"
                 f" | {pct(r['d']['rolled_back'])} |"
             )
     out.mkdir(parents=True, exist_ok=True)
@@ -1273,7 +1373,8 @@ def parse_design(text: str) -> dict[str, Any]:
         k, _, val = kv.partition("=")
         if k not in known or k == "judge":
             raise SystemExit(f"--design: unknown knob {k!r} (known: {', '.join(known)})")
-        out[k] = type(getattr(Rule(), k))(val)
+        default = getattr(Rule(), k)
+        out[k] = (int if default is None else type(default))(val)
     return out
 
 
@@ -1340,7 +1441,7 @@ def main() -> None:
         f"canaryctl policies (steps as above, interval {args.interval:g} s; metrics "
         f"request-success-rate min {FLOOR_PCT:g}, and request-duration max {P99_MS:g} in the "
         f"latency cells): (b) {r['b'].describe()}; (b') failureLimit {r['b2'].failure_limit}; "
-        f"(c) {r['c'].describe()}; (c') inconclusiveLimit {r['c2'].inconclusive_limit}. "
+        f"(c) {r['c'].describe()}; (c') alpha {r['c2'].alpha:g}. "
         + (f"**What-if design (not the product defaults): {design}.** " if design else "")
         + f"Product replay: {total.runs} runs ({sample} per cell and canaryctl policy"
         + (", (b) and (c) only" if args.quick else "")
@@ -1356,7 +1457,7 @@ def main() -> None:
     )
     report(results, meta, out)
     if args.out is None and not args.quick:
-        update_readme(results)
+        update_docs(results)
     print("\n".join(check_targets(results)))
     print(
         f"done in {el:.0f} s; replayed {total.runs} runs / {total.intervals} analyses "

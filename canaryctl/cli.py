@@ -316,6 +316,60 @@ def list_cmd(
     _execute(output, log_level, body)
 
 
+@app.command("backtest")
+def backtest_cmd(
+    app_name: AppArg,
+    namespace: NamespaceOpt = "default",
+    policy: Annotated[Path | None, typer.Option("--policy", help="AnalysisPolicy YAML")] = None,
+    start: Annotated[str, typer.Option("--from", help="RFC 3339, Unix s or now-2h")] = "now-1h",
+    end: Annotated[str, typer.Option("--to", help="RFC 3339, Unix s or now")] = "now",
+    canary_workload: Annotated[
+        str | None, typer.Option(help="Canary Deployment (default: the last rollout's)")
+    ] = None,
+    stable_workload: Annotated[
+        str | None, typer.Option(help="Stable Deployment (default: the last rollout's)")
+    ] = None,
+    prometheus_url: PromOpt = None,
+    output: OutputOpt = Output.text,
+    kubeconfig: KubeconfigOpt = None,
+    context: ContextOpt = None,
+    log_level: LogOpt = Level.info,
+) -> None:
+    """Replay a policy's analyses on past Prometheus data: what would it have decided?"""
+
+    def body() -> int:
+        import time
+
+        from canaryctl.backtest import last_workloads, parse_time, run_backtest
+        from canaryctl.metrics._base import get_provider
+        from canaryctl.policy import load_policy
+
+        names = {"--canary-workload": canary_workload, "--stable-workload": stable_workload}
+        _check_names({"APP": app_name, "--namespace": namespace, **names})
+        now = time.time()
+        t0, t1 = parse_time(start, flag="--from", now=now), parse_time(end, flag="--to", now=now)
+        pol = load_policy(policy).with_prometheus_url(prometheus_url)
+        canary, stable = canary_workload, stable_workload
+        if canary is None or stable is None:
+            ctl = _controller(kubeconfig, context, None)
+            last = last_workloads(ctl, app=app_name, namespace=namespace)
+            canary, stable = canary or last[0], stable or last[1]
+        result = run_backtest(
+            provider=get_provider(pol.spec.prometheus),
+            policy=pol,
+            app=app_name,
+            namespace=namespace,
+            canary_workload=canary,
+            stable_workload=stable,
+            start=t0,
+            end=t1,
+        )
+        _emit(result.to_dict(), output, result.text())
+        return 0
+
+    _execute(output, log_level, body)
+
+
 @app.command("reconcile")
 def reconcile_cmd(
     namespace: NamespaceOpt = "default",

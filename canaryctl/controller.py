@@ -214,14 +214,12 @@ class Controller:
         window = max(1.0, round(now - state.window_start))
         results = as_failed_checks(self.hooks.rollout(state))  # a failing one fails the analysis
         sequential = spec.judge == "sequential"
-        for metric in spec.metrics:
-            if (
-                sequential
-                and metric.name == "request-success-rate"
-                and metric.maxIncrease is None
-                and metric.maxRatio is None
-            ):
-                continue  # judged on counts below (success-rate-floor), not on rate()
+        from canaryctl.judges import measure_counts, sequential_results, threshold_part
+
+        for judged in spec.metrics:
+            metric = threshold_part(judged) if sequential else judged
+            if metric is None:
+                continue  # judged on counts below, not on rate() or one window's quantile
             ctx = QueryContext(
                 namespace=state.namespace,
                 app=state.app,
@@ -243,8 +241,6 @@ class Controller:
             )
             results.append(r)
         if sequential:
-            from canaryctl.judges import measure_counts, sequential_results
-
             entry = measure_counts(provider, state, policy, now)
             extra, reject, dwell = sequential_results(state, policy, entry=entry)
             for r in extra:
@@ -316,6 +312,7 @@ class Controller:
             "dwell": "AnalysisDwell",
             "promote": "Promoted",
             "rollback": "RolledBack",
+            "pause": "PausedNoEvidence",
         }[decision.action]
         warn = decision.action == "rollback" or analysis.verdict != "pass"
         self.event(vs, reason, f"{decision.reason} (canary {decision.state.weight}%)", warning=warn)
@@ -428,8 +425,11 @@ class Controller:
                     raise RolloutStateError("rollout state removed by another actor") from None
                 log.info("state.adopted", phase=exc.state.phase, reason=exc.state.reason)
                 state = exc.state
+                continue
             if self.progress is not None:
                 self.progress(state, 0.0)
+            if state.phase == "Paused":  # the analysis paused it (whenNoEvidence): a human's turn
+                return state
         return state
 
     def follow(self, state: RolloutState) -> RolloutState:

@@ -11,7 +11,11 @@ CLI carries its exit code, so `cli.py` maps errors to exit codes in exactly one 
   edges with tenacity; when the budget is spent they raise ``InfraError``.
 - ``ConflictError`` (HTTP 409): not retried as is; the caller re-reads and recomputes.
 
-A failed analysis is not an error: it is an outcome (exit 1) carried by the result object.
+A failed analysis is not an error: it is an outcome (exit 1) carried by the result object, and
+so is a rollout paused for lack of evidence (exit 4: ``whenNoEvidence: pause``). That one gets
+its own code rather than 0 (nothing was promoted), 1 (nothing was rolled back: the canary still
+serves its weight), 2 (the input was fine) or 3 (the infrastructure worked): a pipeline must be
+able to tell "a human must look" from every other outcome without parsing output.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ EXIT_OK = 0
 EXIT_ROLLED_BACK = 1
 EXIT_INVALID = 2
 EXIT_INFRA = 3
+EXIT_PAUSED = 4  # `promote`: paused without a verdict (maxWindow spent); traffic still split
 
 
 class CanaryctlError(Exception):

@@ -18,6 +18,7 @@ from canaryctl.controller import Controller, Interrupted, StateChangedError, rea
 from canaryctl.errors import (
     EXIT_INFRA,
     EXIT_OK,
+    EXIT_PAUSED,
     EXIT_ROLLED_BACK,
     PolicyError,
     PreflightError,
@@ -86,6 +87,9 @@ class Result:
 
 
 def from_state(state: RolloutState, app: str) -> Result:
+    if state.phase == "Paused":  # only a pause decided by the analysis ends a `promote`
+        hint = "`canaryctl resume` re-measures the step, `canaryctl rollback` ends it"
+        return Result("paused", app, state.namespace, EXIT_PAUSED, state, f"paused; {hint}")
     if state.active:
         return Result("in_progress", app, state.namespace, EXIT_OK, state, state.reason)
     return Result(

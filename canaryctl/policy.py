@@ -165,8 +165,18 @@ class PolicySpec(StrictModel):
     minRequests: StrictInt = Field(
         default=50, ge=1, description="Canary requests needed in the window for a verdict"
     )
-    inconclusiveLimit: StrictInt = Field(
-        default=3, ge=0, description="Inconclusive analyses in a row before rolling back"
+    maxWindow: Duration = Field(
+        default="30m",
+        description="A step without enough data holds and its window grows up to this long",
+    )
+    whenNoEvidence: Literal["pause", "rollback"] = Field(
+        default="pause",
+        description="When maxWindow is spent without a verdict: pause (exit 4) or roll back",
+    )
+    inconclusiveLimit: StrictInt | None = Field(
+        default=None,
+        ge=0,
+        description="Legacy: also roll back after this many inconclusive analyses in a row",
     )
     judge: Literal["threshold", "sequential"] = Field(
         default="threshold",
@@ -193,7 +203,7 @@ class PolicySpec(StrictModel):
         description="Opt-in clean-up after the rollout: collapse routes, scale down, undo window",
     )
 
-    @field_validator("interval")
+    @field_validator("interval", "maxWindow")
     @classmethod
     def _interval(cls, v: str) -> str:
         if parse_duration(v) < 1:

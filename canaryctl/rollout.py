@@ -8,7 +8,9 @@ property tests can replay any sequence of verdicts and restarts.
 Phases::
 
     Progressing --pass--> Progressing (next step) ... --pass at 100--> Promoted
-    Progressing --fail > failureLimit / inconclusive > inconclusiveLimit--> RolledBack
+    Progressing --fail > failureLimit--> RolledBack
+    Progressing --inconclusive, window older than maxWindow--> Paused or RolledBack
+                (whenNoEvidence; also RolledBack after more than inconclusiveLimit, if set)
     Progressing --pause--> Paused --resume--> Progressing
     Progressing --infrastructure failure--> Failed (traffic put back on stable)
     Progressing/Paused --rollback verb--> RolledBack;  --promote --force--> Promoted
@@ -22,6 +24,7 @@ from typing import Any, Literal, get_args
 
 from canaryctl import finish
 from canaryctl.analysis import StepAnalysis
+from canaryctl.policy_base import parse_duration
 
 ANNOTATION = "canaryctl.io/rollout"
 PROMOTE_ANNOTATION = "canaryctl.io/promote"
@@ -49,7 +52,7 @@ _OUTCOME_OF_PHASE: dict[str, Outcome] = {
     "RolledBack": "rolled_back",
     "Failed": "failed",
 }
-Action = Literal["advance", "hold", "dwell", "promote", "rollback"]
+Action = Literal["advance", "hold", "dwell", "promote", "rollback", "pause"]
 
 
 @dataclass(frozen=True)
@@ -100,8 +103,6 @@ class RolloutState:
 
     @property
     def interval(self) -> float:
-        from canaryctl.policy import parse_duration
-
         return parse_duration(self.policy["spec"]["interval"])
 
     @property
@@ -220,16 +221,7 @@ def decide(state: RolloutState, analysis: StepAnalysis, *, now: float) -> Decisi
         s = _record(replace(state, failed=failed, inconclusive=0), analysis, now, "hold")
         return Decision("hold", restart_window(s, now=now, reason=why), why)
     if analysis.verdict == "inconclusive":
-        streak = state.inconclusive + 1
-        if streak > int(spec["inconclusiveLimit"]):
-            why = f"{streak} inconclusive analyses in a row: {analysis.reason}"
-            s = _record(replace(state, inconclusive=streak), analysis, now, "rollback")
-            return Decision("rollback", _finish(s, "RolledBack", why, now), why)
-        why = f"inconclusive ({streak}/{spec['inconclusiveLimit']}): {analysis.reason}"
-        s = _record(replace(state, inconclusive=streak), analysis, now, "hold")
-        # the window grows: evidence accumulates at this weight
-        s = restart_window(s, now=now, reason=why, window_started_at=state.window_start)
-        return Decision("hold", s, why)
+        return _no_evidence(state, analysis, now=now)
     # pass
     if analysis.dwell:
         s = _record(replace(state, inconclusive=0), analysis, now, "dwell")
@@ -244,6 +236,35 @@ def decide(state: RolloutState, analysis: StepAnalysis, *, now: float) -> Decisi
     s = _record(replace(state, inconclusive=0), analysis, now, "advance")
     s = restart_window(s, now=now, reason=why, step_index=nxt, weight=steps[nxt])
     return Decision("advance", s, why)
+
+
+def _no_evidence(state: RolloutState, analysis: StepAnalysis, *, now: float) -> Decision:
+    """An inconclusive analysis: the weight holds and the window grows (evidence accumulates
+    at this weight) until it is ``maxWindow`` old; then ``whenNoEvidence`` decides. A quiet
+    canary is not a bad one, so the default pauses (a human decides) rather than rolls back.
+    Snapshots from before ``maxWindow`` existed carry ``inconclusiveLimit`` only."""
+    spec = state.policy["spec"]
+    streak = state.inconclusive + 1
+    limit, budget = spec.get("inconclusiveLimit"), spec.get("maxWindow")
+    age = now - state.window_start
+    s = replace(state, inconclusive=streak)
+    if limit is not None and streak > int(limit):
+        why = f"{streak} inconclusive analyses in a row: {analysis.reason}"
+        s = _record(s, analysis, now, "rollback")
+        return Decision("rollback", _finish(s, "RolledBack", why, now), why)
+    if budget is not None and age >= parse_duration(budget):
+        why = f"no verdict after a {round(age)}s window (maxWindow {budget}): "
+        why += analysis.reason
+        if spec.get("whenNoEvidence", "pause") == "rollback":
+            s = _record(s, analysis, now, "rollback")
+            return Decision("rollback", _finish(s, "RolledBack", why, now), why)
+        s = _record(s, analysis, now, "pause")
+        return Decision("pause", pause(s, reason=why, now=now), why)
+    why = f"inconclusive, window {round(age)}s of {budget or 'unlimited'}: "
+    why += analysis.reason
+    s = _record(s, analysis, now, "hold")
+    s = restart_window(s, now=now, reason=why, window_started_at=state.window_start)
+    return Decision("hold", s, why)
 
 
 def _finish(state: RolloutState, phase: Phase, reason: str, now: float) -> RolloutState:

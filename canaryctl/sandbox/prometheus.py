@@ -59,7 +59,12 @@ class PrometheusServer:
         *,
         binary: str | None = None,
         startup_timeout: float = 30.0,
+        history: Path | None = None,
     ) -> None:
+        """``history``: an OpenMetrics file (with timestamps) written into the TSDB with
+        ``promtool tsdb create-blocks-from openmetrics`` before start: recorded data to
+        backtest on."""
+        self.history = history
         self.targets = list(targets)
         self.scrape_interval = scrape_interval
         self._binary = binary
@@ -74,6 +79,8 @@ class PrometheusServer:
         self._dir = Path(tempfile.mkdtemp(prefix="canaryctl-prometheus-"))
         try:
             self._write_config()
+            if self.history is not None:
+                self._import(binary, self.history)
             for attempt in range(3):  # the free port can be taken before prometheus binds it
                 self._start(binary)
                 if self._wait_ready(last_attempt=attempt == 2):
@@ -120,6 +127,19 @@ class PrometheusServer:
             ],
         }
         self._config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+
+    def _import(self, binary: str, path: Path) -> None:
+        assert self._dir is not None
+        promtool = str(Path(binary).with_name("promtool"))
+        cmd = [promtool, "tsdb", "create-blocks-from", "openmetrics", str(path)]
+        try:
+            subprocess.run(
+                [*cmd, str(self._dir / "data")], check=True, capture_output=True, timeout=120
+            )
+        except (OSError, subprocess.SubprocessError) as exc:
+            out = getattr(exc, "stderr", b"") or b""
+            why = f"{exc} {out.decode(errors='replace')[-500:]}"
+            raise SandboxError(f"promtool could not import {path}: {why}") from exc
 
     def _start(self, binary: str) -> None:
         assert self._dir is not None

@@ -64,6 +64,20 @@ def test_no_canary_traffic_never_promotes(world: World) -> None:
     assert world.weights() == [("v1", 100), ("v2", 0)]
 
 
+def test_no_canary_traffic_pauses_with_exit_4_after_max_window(world: World) -> None:
+    """whenNoEvidence pause: the window grows to maxWindow, then exit 4; the canary keeps 20 %."""
+    world.sb.traffic.pause()
+    pol = world.policy(inconclusiveLimit=None, maxWindow="6s", whenNoEvidence="pause")
+    res = world.run(*world.promote("-o", "json", policy=pol))
+    assert res.code == 4, res.stderr
+    data = res.json()
+    assert (data["result"], data["phase"], data["weight"]) == ("paused", "Paused", 20)
+    assert [s["action"] for s in data["steps"]] == ["hold", "pause"]
+    assert data["steps"][-1]["window"] >= 6
+    assert "maxWindow 6s" in data["reason"]
+    assert world.weights() == [("v1", 80), ("v2", 20)]
+
+
 def test_unreachable_prometheus_exits_3_before_any_write(world: World) -> None:
     """Prometheus down at the start: exit 3 after the retry budget, nothing shifted."""
     res = world.run(

@@ -46,6 +46,15 @@ def test_three_times_the_errors_of_stable_is_rolled_back(busy_world: World) -> N
     assert world.weights() == [("v1", 100), ("v2", 0)]
     state = world.state()
     assert state is not None and state["counts"], "per-window counts are kept in the state"
+    # the same policy replayed on what Prometheus recorded: the workloads come from the
+    # rollout just recorded on the VirtualService, and the replay rolls back too
+    span = ("--from", str(state["started_at"]), "--to", str(state["finished_at"] + 9))
+    replay = world.run("backtest", "rest-apl", "-n", "istio-apl", "--policy",
+                       _sequential_policy(world), *span, "-o", "json")  # fmt: skip
+    assert replay.code == 0, replay.stderr
+    replayed = replay.json()
+    assert replayed["outcome"] == "rolled_back", replayed
+    assert max(a["weight"] for a in replayed["analyses"]) <= 60
 
 
 def test_canary_as_good_as_a_degraded_stable_is_promoted(busy_world: World) -> None:

@@ -120,7 +120,8 @@ def test_shipped_preset_validates_and_is_named_after_its_file(path: Path) -> Non
 def test_conservative_preset_expands_step_weight_to_ten_steps() -> None:
     spec = load_policy(ROOT / "policies" / "conservative.yaml").spec
     assert spec.weights == [10, 20, 30, 40, 50, 60, 70, 80, 90, 100]
-    assert (spec.failureLimit, spec.minRequests, spec.inconclusiveLimit) == (1, 200, 2)
+    assert (spec.failureLimit, spec.minRequests, spec.inconclusiveLimit) == (1, 200, None)
+    assert (spec.maxWindow, spec.whenNoEvidence) == ("1h", "rollback")
     assert spec.interval_seconds == 300
 
 
@@ -142,7 +143,8 @@ def test_defaults_fill_every_omitted_field() -> None:
     spec = parse_policy({}, source=SRC).spec
     assert spec.weights == [20, 40, 60, 80, 100]
     assert spec.interval == "1m"
-    assert (spec.failureLimit, spec.minRequests, spec.inconclusiveLimit) == (0, 50, 3)
+    assert (spec.failureLimit, spec.minRequests, spec.inconclusiveLimit) == (0, 50, None)
+    assert (spec.maxWindow, spec.whenNoEvidence) == ("30m", "pause")
     assert spec.judge == "threshold"
     assert spec.prometheus.url == "http://prometheus.istio-system:9090"
     assert (spec.prometheus.timeout, spec.prometheus.retryBudget) == ("10s", "60s")

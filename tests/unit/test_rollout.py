@@ -230,11 +230,57 @@ def test_inconclusive_holds_then_rolls_back_after_more_than_the_limit_in_a_row()
         d = decide(s, UNSURE, now=now)
         assert (d.action, d.state.weight, d.state.inconclusive) == ("hold", 40, streak)
         assert d.state.step_started_at == now
-        assert d.reason.startswith(f"inconclusive ({streak}/3): ")
+        assert d.reason.startswith(f"inconclusive, window {60 * streak}s of 30m: ")
         s = d.state
     d = decide(s, UNSURE, now=now + 60)
     assert (d.action, d.state.phase, d.state.weight) == ("rollback", "RolledBack", 0)
     assert d.reason.startswith("4 inconclusive analyses in a row: ")
+
+
+def _unsure_until_not_held(state: RolloutState) -> tuple[list[Any], RolloutState, float]:
+    """UNSURE analyses one minute apart until the decision is not a hold."""
+    actions, now = [], state.step_started_at
+    while True:
+        now += 60
+        d = decide(state, UNSURE, now=now)
+        actions.append(d.action)
+        state = d.state
+        if d.action != "hold":
+            return actions, state, now
+
+
+def test_a_quiet_step_holds_its_growing_window_until_max_window_then_pauses() -> None:
+    """Default whenNoEvidence: the canary keeps its weight, phase Paused, the reason says why."""
+    actions, s, now = _unsure_until_not_held(start(maxWindow="5m"))
+    assert actions == ["hold"] * 4 + ["pause"]
+    assert (s.phase, s.weight, s.step_index, s.inconclusive) == ("Paused", 20, 0, 5)
+    assert s.reason.startswith("no verdict after a 300s window (maxWindow 5m): ")
+    assert s.history[-1]["action"] == "pause"
+    assert s.history[-1]["window"] == 300  # the window grew over the holds
+    resumed = rollout.resume(s, now=now + 10)
+    assert (resumed.phase, resumed.window_start) == ("Progressing", now + 10)
+
+
+def test_when_no_evidence_rollback_rolls_back_once_max_window_is_spent() -> None:
+    actions, s, _ = _unsure_until_not_held(start(maxWindow="3m", whenNoEvidence="rollback"))
+    assert actions == ["hold", "hold", "rollback"]
+    assert (s.phase, s.weight) == ("RolledBack", 0)
+    assert "maxWindow 3m" in s.reason
+
+
+def test_the_budget_is_per_window_a_pass_restarts_it() -> None:
+    """Evidence at one step does not eat the next step's budget."""
+    s = start(maxWindow="3m")
+    actions = run(s, [UNSURE, UNSURE, PASS, UNSURE, UNSURE])
+    assert actions == ["hold", "hold", "advance", "hold", "hold"]
+
+
+def test_snapshot_without_max_window_keeps_the_legacy_count_only() -> None:
+    """Rollouts started before maxWindow existed keep the rule they started with."""
+    s = start(inconclusiveLimit=2)
+    spec = {k: v for k, v in s.policy["spec"].items() if k != "maxWindow"}
+    s = replace(s, policy={**s.policy, "spec": spec})
+    assert run(s, [UNSURE] * 40, step=3600) == ["hold", "hold", "rollback"]
 
 
 def test_inconclusive_limit_0_rolls_back_on_the_first_inconclusive() -> None:
@@ -440,7 +486,11 @@ def test_state_machine_invariants_hold_for_any_verdicts_and_restarts(
     inconclusive_limit: int,
     script: list[tuple[str, bool, float]],
 ) -> None:
-    s = start(steps, failureLimit=failure_limit, inconclusiveLimit=inconclusive_limit)
+    # maxWindow beyond any script (45 x 600 s): the count limit is the model here; the time
+    # budget has its own tests above
+    s = start(
+        steps, failureLimit=failure_limit, inconclusiveLimit=inconclusive_limit, maxWindow="8h"
+    )
     n = len(steps)
     now = T0
     log: list[dict[str, Any]] = []  # every history entry ever recorded
