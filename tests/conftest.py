@@ -60,3 +60,14 @@ def prometheus_binary() -> str:
         return find_prometheus()
     except SandboxError as exc:
         pytest.fail(str(exc))
+
+
+@pytest.fixture(autouse=True)
+def _structlog_defaults() -> Iterator[None]:
+    """Each test starts from structlog's defaults: a CLI command run in-process (CliRunner)
+    calls ``logs.setup``, whose level filter (``policy validate`` uses warning) would otherwise
+    hide the info events a later test of the same worker captures with ``capture_logs``."""
+    yield
+    import structlog
+
+    structlog.reset_defaults()
