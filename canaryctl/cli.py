@@ -27,9 +27,12 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain help: importing rich costs more than the rest of --help
 )
 policy_app = typer.Typer(
-    help="Validate analysis policies and print their JSON Schema.", no_args_is_help=True
+    help="Validate analysis policies and print their JSON Schema.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
 )
 app.add_typer(policy_app, name="policy")
 

@@ -19,8 +19,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
-import structlog
-
 from canaryctl import notify, rollout
 from canaryctl.analysis import StepAnalysis, combine, judge_metric
 from canaryctl.errors import (
@@ -35,13 +33,14 @@ from canaryctl.errors import (
 from canaryctl.hooks import GateKind, HookRunner, as_failed_checks, outcome_of
 from canaryctl.kube import KubeClient
 from canaryctl.leases import Lease, default_duration, identity, lease_name
+from canaryctl.logs import get_logger
 from canaryctl.mesh._base import TrafficRouter
 from canaryctl.mesh.routes import Destination, Target, find_target
 from canaryctl.metrics._base import MetricsProvider, QueryContext
 from canaryctl.policy import AnalysisPolicy, PrometheusSpec, parse_policy
 from canaryctl.rollout import ANNOTATION, POLICY_ANNOTATION, PROMOTE_ANNOTATION, RolloutState
 
-log = structlog.get_logger("canaryctl.controller")
+log = get_logger("canaryctl.controller")
 ProgressFn = Callable[[RolloutState, float], None]
 
 

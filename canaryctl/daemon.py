@@ -13,17 +13,17 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from canaryctl.controller import Controller
 from canaryctl.errors import CanaryctlError
 from canaryctl.leases import Lease
+from canaryctl.logs import get_logger
 from canaryctl.reconcile import reconcile
 from canaryctl.rollout import ACTIVE_PHASES, TERMINAL_PHASES, RolloutState
 
-log = structlog.get_logger("canaryctl.daemon")
+log = get_logger("canaryctl.daemon")
 PHASES = (*ACTIVE_PHASES, *TERMINAL_PHASES)
 
 

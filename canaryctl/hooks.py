@@ -46,17 +46,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal, Protocol, get_args
 from urllib.parse import urlsplit
 
-import requests
-import structlog
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
-from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt
-from tenacity import wait_exponential as backoff
+
+from canaryctl.logs import get_logger
 
 if TYPE_CHECKING:  # runtime imports would be circular: policy.py imports the spec models
+    from requests import Session
+    from tenacity import RetryCallState
+
     from canaryctl.analysis import MetricResult
     from canaryctl.rollout import RolloutState
 
-log = structlog.get_logger("canaryctl.hooks")
+log = get_logger("canaryctl.hooks")
 
 HookType = Literal[
     "pre-rollout", "rollout", "confirm-step", "confirm-promotion", "rollback", "post-rollout"
@@ -72,7 +73,6 @@ _USERINFO_RE = re.compile(r"//[^/@\s]*@")
 _UA = {"User-Agent": "canaryctl"}
 # No redirects (a redirect is not an approval); the body is never read (stream).
 _POST: dict[str, Any] = {"allow_redirects": False, "stream": True, "headers": _UA}
-Session = requests.Session
 SPEC_CONFIG = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)  # as policy.py
 Duration = Annotated[str, Field(description="Duration: 500ms, 4s, 30s, 1m, 1h, 1m30s")]
 
@@ -326,6 +326,11 @@ def post_json(
     """POST ``body`` with retries; ``ok`` only for 2xx. Never raises (notify uses it too).
     ``label`` (name, type, endpoint: never the URL) goes into the retry logs."""
     attempts, name = 0, str(label.get("name", ""))
+    # imported here: policy validation imports this module and needs no HTTP client
+    import requests
+    from tenacity import Retrying, retry_if_exception_type, stop_after_attempt
+    from tenacity import wait_exponential as backoff
+
     s = session if session is not None else requests.Session()
 
     def before_sleep(rs: RetryCallState) -> None:

@@ -17,12 +17,11 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-import structlog
-
 from canaryctl.errors import ConflictError, LeaseHeldError
 from canaryctl.kube import KubeClient
+from canaryctl.logs import get_logger
 
-log = structlog.get_logger("canaryctl.lease")
+log = get_logger("canaryctl.lease")
 DEFAULT_DURATION = 15  # seconds; renewed every duration/3
 
 

@@ -29,8 +29,6 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Annotated, Any, Literal, get_args
 
-import requests
-import structlog
 from pydantic import AfterValidator, Field, field_validator
 
 from canaryctl.hooks import (
@@ -43,11 +41,14 @@ from canaryctl.hooks import (
     dest,
     unique_names,
 )
+from canaryctl.logs import get_logger
 
 if TYPE_CHECKING:
+    import requests
+
     from canaryctl.rollout import RolloutState
 
-log = structlog.get_logger("canaryctl.notify")
+log = get_logger("canaryctl.notify")
 
 Event = Literal["start", "step", "pause", "resume", "rollback", "promotion", "failure"]
 EVENTS: tuple[str, ...] = get_args(Event)

@@ -10,8 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import structlog
-
 from canaryctl import rollout
 from canaryctl.controller import Controller, Interrupted, StateChangedError, read_state
 from canaryctl.errors import (
@@ -24,12 +22,13 @@ from canaryctl.errors import (
     UsageError,
 )
 from canaryctl.hooks import UrlFileError, UrlSource, dest
+from canaryctl.logs import get_logger
 from canaryctl.mesh.routes import apply_patch, weight_patch, weights_of
 from canaryctl.metrics._base import QueryContext
 from canaryctl.policy import AnalysisPolicy
 from canaryctl.rollout import ANNOTATION, RolloutState
 
-log = structlog.get_logger("canaryctl")
+log = get_logger("canaryctl")
 
 _EXIT = {"Promoted": EXIT_OK, "RolledBack": EXIT_ROLLED_BACK, "Failed": EXIT_INFRA}
 RESULTS = {"Promoted": "promoted", "RolledBack": "rolled_back", "Failed": "failed"}

@@ -14,15 +14,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import structlog
-
 from canaryctl import operations
 from canaryctl.controller import Controller, RolloutInfraError, StateChangedError, read_state
 from canaryctl.errors import CanaryctlError, InfraError, InputError, NotFoundError, PolicyError
+from canaryctl.logs import get_logger
 from canaryctl.policy import AnalysisPolicy, load_policy, parse_policy_text
 from canaryctl.rollout import POLICY_ANNOTATION, PROMOTE_ANNOTATION, RolloutState
 
-log = structlog.get_logger("canaryctl.reconcile")
+log = get_logger("canaryctl.reconcile")
 
 
 @dataclass

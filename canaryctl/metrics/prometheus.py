@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import requests
-import structlog
 from tenacity import (
     RetryCallState,
     Retrying,
@@ -33,11 +32,12 @@ from tenacity import (
 
 from canaryctl.analysis import Measurement
 from canaryctl.errors import MetricsUnavailableError, PolicyError, TransientError
+from canaryctl.logs import get_logger
 from canaryctl.metrics._base import QueryContext, WorkloadCounts
 from canaryctl.policy import MetricSpec, PrometheusSpec, format_duration, parse_duration
 from canaryctl.stats import counter_increase
 
-log = structlog.get_logger("canaryctl.prometheus")
+log = get_logger("canaryctl.prometheus")
 
 _NAME_OK = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 Sample = tuple[dict[str, str], float]
