@@ -37,7 +37,7 @@ from canaryctl.logs import get_logger
 from canaryctl.mesh._base import TrafficRouter
 from canaryctl.mesh.routes import Destination, Target, find_target
 from canaryctl.metrics._base import MetricsProvider, QueryContext
-from canaryctl.policy import AnalysisPolicy, PrometheusSpec, parse_policy
+from canaryctl.policy import AnalysisPolicy, MetricSpec, PrometheusSpec, parse_policy
 from canaryctl.rollout import ANNOTATION, POLICY_ANNOTATION, PROMOTE_ANNOTATION, RolloutState
 
 log = get_logger("canaryctl.controller")
@@ -105,9 +105,17 @@ class Controller:
     notifier: notify.Notifier = field(default_factory=notify.Notifier, repr=False)
     hooks: HookRunner = field(init=False, repr=False)
     lease_duration: int = field(default_factory=default_duration)
+    _providers: dict[str, MetricsProvider] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.hooks = HookRunner(clock=self.clock)  # webhooks come from each state's snapshot
+
+    def provider(self, spec: PrometheusSpec) -> MetricsProvider:
+        """One provider per Prometheus (its connections, and what ``prefetch`` asked)."""
+        key = spec.model_dump_json()
+        if key not in self._providers:
+            self._providers[key] = self.provider_for(spec)
+        return self._providers[key]
 
     # --- reading ----------------------------------------------------------------------------
     def policy_of(self, state: RolloutState) -> AnalysisPolicy:
@@ -201,21 +209,22 @@ class Controller:
         )
 
     # --- one analysis -----------------------------------------------------------------------
-    def analyse(self, state: RolloutState, now: float) -> StepAnalysis:
-        policy = self.policy_of(state)
+    @staticmethod
+    def queries(
+        state: RolloutState, policy: AnalysisPolicy, now: float
+    ) -> list[tuple[MetricSpec, QueryContext]]:
+        """The metrics an analysis at ``now`` measures through ``provider.measure``."""
         spec = policy.spec
-        provider = self.provider_for(spec.prometheus)
         window = max(1.0, round(now - state.window_start))
-        results = as_failed_checks(self.hooks.rollout(state))  # a failing one fails the analysis
-        sequential = spec.judge == "sequential"
+        out = []
         for metric in spec.metrics:
             if (
-                sequential
+                spec.judge == "sequential"
                 and metric.name == "request-success-rate"
                 and metric.maxIncrease is None
                 and metric.maxRatio is None
             ):
-                continue  # judged on counts below (success-rate-floor), not on rate()
+                continue  # judged on counts (success-rate-floor, judges.py), not on rate()
             ctx = QueryContext(
                 namespace=state.namespace,
                 app=state.app,
@@ -224,6 +233,46 @@ class Controller:
                 window_seconds=spec.window_seconds(metric) if metric.window else window,
                 at=now,
             )
+            out.append((metric, ctx))
+        return out
+
+    def prefetch(self, states: list[RolloutState], now: float) -> None:
+        """Ask each Prometheus once per metric and window for all these rollouts' analyses at
+        ``now`` (providers that cannot group are left to ask per rollout). A failure here is
+        not fatal: each analysis then asks on its own and fails (or not) as it would have."""
+        from canaryctl.judges import latency_slo
+
+        wanted: dict[str, list[tuple[MetricSpec, QueryContext]]] = {}
+        windows: dict[str, list[tuple[str, str, float]]] = {}  # sequential judge's counts
+        buckets: set[str] = set()
+        for state in states:
+            policy = self.policy_of(state)
+            if not hasattr(self.provider(policy.spec.prometheus), "prefetch"):
+                continue
+            key = policy.spec.prometheus.model_dump_json()
+            wanted.setdefault(key, []).extend(self.queries(state, policy, now))
+            if policy.spec.judge == "sequential":
+                windows.setdefault(key, []).extend(
+                    (state.namespace, wl, state.step_started_at)
+                    for wl in (state.canary_workload, state.stable_workload)
+                )
+                if latency_slo(policy) is not None:
+                    buckets.add(key)
+        for key, items in wanted.items():
+            provider: Any = self._providers[key]
+            try:
+                provider.prefetch(items)
+                provider.prefetch_counts(windows.get(key, []), end=now, buckets=key in buckets)
+            except MetricsUnavailableError as exc:
+                log.warning("prefetch.failed", error=str(exc))
+
+    def analyse(self, state: RolloutState, now: float) -> StepAnalysis:
+        policy = self.policy_of(state)
+        spec = policy.spec
+        provider = self.provider(spec.prometheus)
+        results = as_failed_checks(self.hooks.rollout(state))  # a failing one fails the analysis
+        sequential = spec.judge == "sequential"
+        for metric, ctx in self.queries(state, policy, now):
             m = provider.measure(metric, ctx)
             r = judge_metric(metric, m, min_requests=spec.minRequests)
             log.info(
@@ -248,8 +297,10 @@ class Controller:
             return combine([*results, *extra], sequential_reject=reject, counts=entry, dwell=dwell)
         return combine(results)
 
-    def step(self, state: RolloutState) -> RolloutState:
-        """Analyse the current step once and apply the decision (one guarded write).
+    def step(self, state: RolloutState, *, at: float | None = None) -> RolloutState:
+        """Analyse the current step once (its window ending ``at``, default now: a reconcile
+        pass measures all its rollouts at the same instant, see ``prefetch``) and apply the
+        decision (one guarded write).
 
         When Prometheus or the cluster stays unusable beyond the retry budget, traffic is put
         back on stable (phase Failed, with the reason) if the VirtualService can still be
@@ -273,7 +324,7 @@ class Controller:
             if self.hooks.rollback_requested(state):
                 new = rollout.rollback(state, reason="rollback requested by a webhook", now=now)
                 return self.finish(new, expect=state, event=("RolledBack", True))
-            analysis = self.analyse(state, now)
+            analysis = self.analyse(state, now if at is None else at)
         except MetricsUnavailableError as exc:
             self._fail_to_stable(state, f"metrics unavailable: {exc}", now, exc)
         except (ClusterUnavailableError, PermissionDeniedError) as exc:

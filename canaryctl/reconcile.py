@@ -139,17 +139,23 @@ def _start(ctl: Controller, vs: dict[str, Any]) -> Outcome:
     return _outcome(res.state, "started", res.message)
 
 
+def _due(state: RolloutState | None, now: float) -> bool:
+    """Analysed in this pass (Waiting rollouts are too: their gates are asked again)."""
+    return state is not None and state.active and state.phase != "Paused" and now >= state.due_at()
+
+
 def _advance(ctl: Controller, state: RolloutState, now: float) -> Outcome:
+    """One step of a rollout, analysed as of ``now`` (the pass's instant)."""
     if state.phase == "Paused":
-        return _outcome(state, "skipped", "paused")  # Waiting rollouts are analysed: gates re-asked
-    if now < state.due_at():
+        return _outcome(state, "skipped", "paused")
+    if not _due(state, now):
         return _outcome(state, "skipped", f"next analysis in {state.due_at() - now:.0f}s")
     lease = ctl.lease_for(state)
-    if not lease.acquire(now):
+    if not lease.acquire(ctl.clock()):
         return _outcome(state, "skipped", f"lease held by {lease.observed_holder}")
     try:
         try:
-            new = ctl.step(state)  # the listed state; a newer one is a StateChangedError
+            new = ctl.step(state, at=now)  # the listed state; a newer one: StateChangedError
         except StateChangedError as exc:
             latest = exc.state or state
             return _outcome(latest, "skipped", "changed by another actor meanwhile")
@@ -166,9 +172,22 @@ def _advance(ctl: Controller, state: RolloutState, now: float) -> Outcome:
     return _outcome(new, action, new.reason)
 
 
+def _listed_state(vs: dict[str, Any]) -> RolloutState | None:
+    try:
+        return read_state(vs)
+    except CanaryctlError:
+        return None  # reported by the pass
+
+
 def reconcile(ctl: Controller, *, namespace: str | None) -> Report:
+    """One pass. Every due rollout is analysed as of the pass's start, so their Prometheus
+    queries are asked together, once per metric and window (``Controller.prefetch``)."""
     report = Report()
-    for vs in ctl.router.list(namespace):
+    now = ctl.clock()
+    listed = ctl.router.list(namespace)
+    due = [s for s in map(_listed_state, listed) if s is not None and _due(s, now)]
+    ctl.prefetch(due, now)
+    for vs in listed:
         meta = vs.get("metadata", {})
         ns, name = meta.get("namespace", namespace or ""), meta.get("name", "")
         try:
@@ -181,7 +200,7 @@ def reconcile(ctl: Controller, *, namespace: str | None) -> Report:
                     report.states.append(state)
                 continue
             else:
-                outcome = _advance(ctl, state, ctl.clock())
+                outcome = _advance(ctl, state, now)
         except RolloutInfraError as exc:
             report.infra_errors += 1
             st = exc.state
