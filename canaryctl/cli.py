@@ -135,13 +135,19 @@ def _controller(
     stop: threading.Event | None = None,
 ) -> Any:
     """The controller of one command. SIGTERM and SIGINT set ``stop`` (given by ``run``,
-    whose daemon waits on it; made here otherwise), which ``should_stop`` reads."""
+    whose daemon waits on it; made here otherwise), which ``should_stop`` reads. The daemon
+    (``stop`` given) reads through a watch-fed cache."""
     from canaryctl.controller import Controller
     from canaryctl.kube import KubeClient
     from canaryctl.mesh._base import get_router
     from canaryctl.metrics._base import get_provider
 
-    kube = KubeClient.connect(kubeconfig=kubeconfig, context=context)
+    if stop is not None:
+        from canaryctl.cache import CachedKube
+
+        kube: KubeClient = CachedKube.connect(kubeconfig=kubeconfig, context=context)
+    else:
+        kube = KubeClient.connect(kubeconfig=kubeconfig, context=context)
     stopped = stop if stop is not None else threading.Event()
 
     def on_signal(signum: int, _frame: Any) -> None:
@@ -352,6 +358,16 @@ def run_cmd(
             help="Namespace of the leader-election Lease (default: -n)",
         ),
     ] = None,
+    shards: Annotated[
+        int, typer.Option("--shards", help="Split the rollouts between this many daemons")
+    ] = 1,
+    shard_index: Annotated[
+        int | None,
+        typer.Option(
+            "--shard-index",
+            help="This daemon's shard, 0..N-1 (default: a StatefulSet pod's ordinal mod N)",
+        ),
+    ] = None,
     prometheus_url: PromOpt = None,
     kubeconfig: KubeconfigOpt = None,
     context: ContextOpt = None,
@@ -369,6 +385,7 @@ def run_cmd(
             raise UsageError(f"--interval: {exc}") from None
         if every <= 0:
             raise UsageError(f"--interval: must be positive, got {interval!r}")
+        shard = (_shard_index(shard_index, shards), shards)
         stop = threading.Event()
         ctl = _controller(kubeconfig, context, prometheus_url, stop=stop)
         try:
@@ -379,12 +396,36 @@ def run_cmd(
                 lease_namespace=lease_namespace or namespace,
                 port=port,
                 stop=stop,
+                shard=shard,
             )
         except OSError as exc:
             raise UsageError(f"--port: cannot listen on {port}: {exc}") from None
         return daemon.serve()
 
     _execute(Output.text, log_level, body)
+
+
+def _shard_index(index: int | None, shards: int) -> int:
+    """``--shard-index``, or the ordinal of a StatefulSet pod's name (``canaryctl-4``, from
+    $HOSTNAME) modulo ``shards``: with 2 x N replicas, two daemons serve each shard."""
+    import os
+    import re
+
+    if shards < 1:
+        raise UsageError(f"--shards: must be at least 1, got {shards}")
+    if index is None:
+        if shards == 1:
+            return 0
+        ordinal = re.search(r"-(\d+)$", os.environ.get("HOSTNAME", ""))
+        if ordinal is None:
+            raise UsageError(
+                "--shard-index: required with --shards > 1 outside a StatefulSet pod "
+                f"(HOSTNAME {os.environ.get('HOSTNAME', '')!r} has no ordinal)"
+            )
+        return int(ordinal.group(1)) % shards
+    if not 0 <= index < shards:
+        raise UsageError(f"--shard-index: must be in 0..{shards - 1}, got {index}")
+    return index
 
 
 @policy_app.command("validate")

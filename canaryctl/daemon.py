@@ -2,8 +2,13 @@
 health endpoints and Prometheus metrics.
 
 Only the leader (holder of the ``canaryctl-leader`` Lease) reconciles; other replicas stand by
-and take over when its lease expires. SIGTERM stops the loop between two writes (each write is
-one atomic patch, so there is nothing half-done to undo), releases the leases and exits 0.
+and take over when its lease expires. With ``shards`` > 1 the VirtualServices are split by a
+hash of namespace/name and each shard has its own leader Lease ``canaryctl-leader-I-of-N``:
+replicas running the same shard index stand by for each other. The leader Lease guards all the
+shard's rollouts (no per-rollout Lease per tick), and reads come from a watch-fed cache when
+the controller's client is a ``CachedKube`` (docs/scale.md). SIGTERM stops the loop between
+two writes (each write is one atomic patch, so there is nothing half-done to undo), releases
+the leases and exits 0.
 """
 
 from __future__ import annotations
@@ -16,9 +21,10 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from canaryctl.cache import CachedKube
 from canaryctl.controller import Controller
 from canaryctl.errors import CanaryctlError
-from canaryctl.leases import Lease
+from canaryctl.leases import Lease, default_duration
 from canaryctl.logs import get_logger
 from canaryctl.reconcile import reconcile
 from canaryctl.rollout import ACTIVE_PHASES, TERMINAL_PHASES, RolloutState
@@ -114,18 +120,21 @@ class Daemon:
         lease_namespace: str,
         port: int,
         stop: threading.Event,
+        shard: tuple[int, int] = (0, 1),
     ) -> None:
         self.ctl = ctl
         self.namespace = namespace
         self.interval = interval
         self.stop = stop
+        self.shard = shard
         self.metrics = DaemonMetrics()
+        index, shards = shard
         self.leader = Lease(
             ctl.kube,
             namespace=lease_namespace,
-            name="canaryctl-leader",
+            name="canaryctl-leader" if shards == 1 else f"canaryctl-leader-{index}-of-{shards}",
             holder=ctl.holder,
-            duration=max(15, int(interval * 3)),
+            duration=max(default_duration(), int(interval * 3)),
         )
         self.ready = False
         self.server = ThreadingHTTPServer(("0.0.0.0", port), self._handler())
@@ -172,7 +181,7 @@ class Daemon:
             return
         started = time.monotonic()
         try:
-            report = reconcile(self.ctl, namespace=self.namespace)
+            report = reconcile(self.ctl, namespace=self.namespace, shard=self.shard, leader=True)
         except CanaryctlError as exc:  # e.g. the LIST failed: nothing to report on
             self.metrics.errors.inc()
             log.error("reconcile.failed", error=exc.message)
@@ -200,12 +209,18 @@ class Daemon:
             namespace=self.namespace or "*",
             interval=self.interval,
             holder=self.ctl.holder,
+            shard=f"{self.shard[0]}/{self.shard[1]}",
         )
+        kube = self.ctl.kube
         try:
+            if isinstance(kube, CachedKube):
+                kube.start(self.namespace)
             while not self.stop.is_set():
                 self.tick()
                 self.stop.wait(self.interval)
         finally:
+            if isinstance(kube, CachedKube):
+                kube.stop()
             self.leader.release()
             self.server.shutdown()
             log.info("daemon.stop")

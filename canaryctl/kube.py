@@ -14,7 +14,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 from urllib.parse import quote
@@ -266,6 +266,51 @@ class KubeClient:
     def _istio_path(self, plural: str, namespace: str | None, name: str | None = None) -> str:
         version = self.istio_version(namespace or "default")
         return self._path(f"{ISTIO_GROUP}/{version}", plural, namespace, name)
+
+    # --- list + watch (the daemon's cache, cache.py) --------------------------------------
+    def api_version_of(self, plural: str) -> str:
+        """The group/version we read ``plural`` at (Istio's depends on the cluster)."""
+        if plural in ("virtualservices", "destinationrules"):
+            return f"{ISTIO_GROUP}/{self.istio_version('default')}"
+        return {"deployments": "apps/v1", "leases": "coordination.k8s.io/v1"}[plural]
+
+    def list_objects(self, plural: str, namespace: str | None) -> dict[str, Any]:
+        """A whole collection, with the resourceVersion a watch continues from."""
+        where = f"in namespace {namespace}" if namespace else "in all namespaces"
+        path = self._path(self.api_version_of(plural), plural, namespace)
+        return self._request("list", f"{plural} {where}", "GET", path)
+
+    def watch_objects(
+        self, plural: str, namespace: str | None, *, resource_version: str, timeout: int
+    ) -> Iterator[dict[str, Any]]:
+        """The changes after ``resource_version`` as ``{"type", "object"}`` events, until the
+        server ends the watch (after about ``timeout`` seconds). Opening it follows the one
+        error policy; a broken stream raises ``TransientError`` (the caller watches again)."""
+        where = f"in namespace {namespace}" if namespace else "in all namespaces"
+        path = self._path(self.api_version_of(plural), plural, namespace)
+        query = {
+            "watch": "true",
+            "resourceVersion": resource_version,
+            "timeoutSeconds": timeout,
+            "allowWatchBookmarks": "true",
+        }
+        raw = self._call(
+            "watch",
+            f"{plural} {where}",
+            lambda: self._send("GET", path, query=query, timeout=(5.0, timeout + 30.0)),
+        )
+        buffered = b""
+        try:
+            for chunk in raw.stream(64 * 1024):
+                buffered += chunk
+                *lines, buffered = buffered.split(b"\n")
+                for line in lines:
+                    if line.strip():
+                        yield json.loads(line)
+        except (urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
+            raise TransientError(f"watch {plural} {where}: {type(exc).__name__}: {exc}") from exc
+        finally:
+            raw.release_conn()
 
     # --- Istio ------------------------------------------------------------------------------
     def istio_version(self, namespace: str) -> str:

@@ -11,6 +11,7 @@ are removed in the same patch that writes the first step.
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -144,14 +145,16 @@ def _due(state: RolloutState | None, now: float) -> bool:
     return state is not None and state.active and state.phase != "Paused" and now >= state.due_at()
 
 
-def _advance(ctl: Controller, state: RolloutState, now: float) -> Outcome:
-    """One step of a rollout, analysed as of ``now`` (the pass's instant)."""
+def _advance(ctl: Controller, state: RolloutState, now: float, *, leader: bool = False) -> Outcome:
+    """One step of a rollout, analysed as of ``now`` (the pass's instant). Without ``leader``
+    the rollout's Lease is taken for the step; with it (a daemon holding its leader Lease) the
+    rollout's Lease is only checked, so a ``promote`` driving it is left alone (docs/scale.md)."""
     if state.phase == "Paused":
         return _outcome(state, "skipped", "paused")
     if not _due(state, now):
         return _outcome(state, "skipped", f"next analysis in {state.due_at() - now:.0f}s")
     lease = ctl.lease_for(state)
-    if not lease.acquire(ctl.clock()):
+    if lease.held_elsewhere(ctl.clock()) if leader else not lease.acquire(ctl.clock()):
         return _outcome(state, "skipped", f"lease held by {lease.observed_holder}")
     try:
         try:
@@ -179,12 +182,31 @@ def _listed_state(vs: dict[str, Any]) -> RolloutState | None:
         return None  # reported by the pass
 
 
-def reconcile(ctl: Controller, *, namespace: str | None) -> Report:
-    """One pass. Every due rollout is analysed as of the pass's start, so their Prometheus
-    queries are asked together, once per metric and window (``Controller.prefetch``)."""
+def shard_of(namespace: str, name: str, shards: int) -> int:
+    """The shard (0..shards-1) of a VirtualService: a stable hash of its namespace/name, the
+    same in every replica and every Python process."""
+    return zlib.crc32(f"{namespace}/{name}".encode()) % shards
+
+
+def reconcile(
+    ctl: Controller,
+    *,
+    namespace: str | None,
+    shard: tuple[int, int] = (0, 1),
+    leader: bool = False,
+) -> Report:
+    """One pass over the VirtualServices of ``shard`` (index, count). Every due rollout is
+    analysed as of the pass's start, so their Prometheus queries are asked together, once per
+    metric and window (``Controller.prefetch``). ``leader``: see ``_advance``."""
     report = Report()
     now = ctl.clock()
-    listed = ctl.router.list(namespace)
+    index, shards = shard
+    listed = [
+        vs
+        for vs in ctl.router.list(namespace)
+        if shards == 1
+        or shard_of(vs["metadata"].get("namespace", ""), vs["metadata"]["name"], shards) == index
+    ]
     due = [s for s in map(_listed_state, listed) if s is not None and _due(s, now)]
     ctl.prefetch(due, now)
     for vs in listed:
@@ -200,7 +222,7 @@ def reconcile(ctl: Controller, *, namespace: str | None) -> Report:
                     report.states.append(state)
                 continue
             else:
-                outcome = _advance(ctl, state, now)
+                outcome = _advance(ctl, state, now, leader=leader)
         except RolloutInfraError as exc:
             report.infra_errors += 1
             st = exc.state

@@ -66,6 +66,19 @@ CALLS: dict[str, set[tuple[str, str, str]]] = {
     "get_lease": {("coordination.k8s.io", "leases", "get")},
     "create_lease": {("coordination.k8s.io", "leases", "create")},
     "replace_lease": {("coordination.k8s.io", "leases", "update")},
+    "api_version_of": {(ISTIO_GROUP, "virtualservices", "list")},
+    "list_objects": {
+        (ISTIO_GROUP, "virtualservices", "list"),
+        (ISTIO_GROUP, "destinationrules", "list"),
+        ("apps", "deployments", "list"),
+        ("coordination.k8s.io", "leases", "list"),
+    },
+    "watch_objects": {
+        (ISTIO_GROUP, "virtualservices", "watch"),
+        (ISTIO_GROUP, "destinationrules", "watch"),
+        ("apps", "deployments", "watch"),
+        ("coordination.k8s.io", "leases", "watch"),
+    },
 }
 # Verbs granted on top of those calls: none (least privilege; every rule is needed, as
 # tests/faults/test_least_privilege.py shows).
@@ -83,6 +96,14 @@ EXPECTED_RULES = {
     ("coordination.k8s.io", "leases", "get"),
     ("coordination.k8s.io", "leases", "create"),
     ("coordination.k8s.io", "leases", "update"),
+}
+# The daemon's cache (canaryctl/cache.py) lists and watches what a pass reads.
+WATCH_RULES = {
+    (ISTIO_GROUP, "virtualservices", "watch"),
+    (ISTIO_GROUP, "destinationrules", "watch"),
+    ("apps", "deployments", "watch"),
+    ("coordination.k8s.io", "leases", "list"),
+    ("coordination.k8s.io", "leases", "watch"),
 }
 LEADER_RULES = {
     ("coordination.k8s.io", "leases", "get"),
@@ -300,7 +321,7 @@ def test_rbac_covers_exactly_what_kube_py_calls() -> None:
     }
     assert methods == set(CALLS), "KubeClient changed: review examples/*/role RBAC and CALLS"
     needed = set().union(*CALLS.values())
-    assert needed | EXTRA_READS == EXPECTED_RULES
+    assert needed | EXTRA_READS == EXPECTED_RULES | WATCH_RULES
     assert not needed & EXTRA_READS
     assert all(verb in ("get", "list", "watch") for _, _, verb in EXTRA_READS)
 
@@ -327,9 +348,10 @@ def test_cronjob_role_grants_exactly_the_listed_verbs() -> None:
 
 
 def test_daemon_rbac_is_the_same_rules_cluster_wide_plus_leader_lease() -> None:
-    """The daemon's ClusterRole has the CronJob Role's rules (needed cluster-wide for -A), bound
-    to its ServiceAccount by a ClusterRoleBinding; the Role `leader-election` grants get/create/
-    update on leases in canaryctl-system, bound by the RoleBinding of the same name."""
+    """The daemon's ClusterRole has the CronJob Role's rules (needed cluster-wide for -A) and
+    list/watch for its cache, bound to its ServiceAccount by a ClusterRoleBinding; the Role
+    `leader-election` grants get/create/update on leases in canaryctl-system, bound by the
+    RoleBinding of the same name."""
     sa = _one("daemon", "ServiceAccount")
     subject = {
         "kind": "ServiceAccount",
@@ -339,7 +361,8 @@ def test_daemon_rbac_is_the_same_rules_cluster_wide_plus_leader_lease() -> None:
     assert sa["metadata"]["namespace"] == "canaryctl-system"
 
     cluster_role = _one("daemon", "ClusterRole")
-    assert _grants(cluster_role) == EXPECTED_RULES == _grants(_one("cronjob", "Role"))
+    assert _grants(cluster_role) == EXPECTED_RULES | WATCH_RULES
+    assert _grants(_one("cronjob", "Role")) == EXPECTED_RULES
     crb = _one("daemon", "ClusterRoleBinding")
     assert crb["roleRef"] == {
         "apiGroup": "rbac.authorization.k8s.io",
