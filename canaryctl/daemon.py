@@ -26,7 +26,7 @@ from canaryctl.controller import Controller
 from canaryctl.errors import CanaryctlError
 from canaryctl.leases import Lease, default_duration
 from canaryctl.logs import get_logger
-from canaryctl.reconcile import reconcile
+from canaryctl.reconcile import Report, reconcile
 from canaryctl.rollout import ACTIVE_PHASES, TERMINAL_PHASES, RolloutState
 
 log = get_logger("canaryctl.daemon")
@@ -171,21 +171,22 @@ class Daemon:
 
         return Handler
 
-    def tick(self) -> None:
+    def tick(self) -> Report | None:
+        """One pass if we lead (its report), else None."""
         now = self.ctl.clock()
         leading = self.leader.acquire(now)
         self.metrics.leader.set(1 if leading else 0)
         if not leading:
             self.ready = True
             log.debug("standby", leader=self.leader.observed_holder)
-            return
+            return None
         started = time.monotonic()
         try:
             report = reconcile(self.ctl, namespace=self.namespace, shard=self.shard, leader=True)
         except CanaryctlError as exc:  # e.g. the LIST failed: nothing to report on
             self.metrics.errors.inc()
             log.error("reconcile.failed", error=exc.message)
-            return
+            return None
         finally:
             self.metrics.duration.observe(time.monotonic() - started)
         if report.infra_errors:
@@ -199,6 +200,7 @@ class Daemon:
                 if self.ready:  # count what ended while we watched, not history found at boot
                     self.metrics.finished.labels(s.phase, _reason_class(s.reason)).inc()
         self.ready = True
+        return report
 
     def serve(self) -> int:
         thread = threading.Thread(target=self.server.serve_forever, daemon=True)

@@ -294,11 +294,19 @@ class KubeClient:
             "timeoutSeconds": timeout,
             "allowWatchBookmarks": "true",
         }
-        raw = self._call(
-            "watch",
-            f"{plural} {where}",
-            lambda: self._send("GET", path, query=query, timeout=(5.0, timeout + 30.0)),
-        )
+
+        def open_watch() -> Any:
+            try:
+                return self._send("GET", path, query=query, timeout=(5.0, timeout + 30.0))
+            except ApiException as exc:
+                if exc.status == 410:  # some servers refuse a too old version up front
+                    return None
+                raise
+
+        raw = self._call("watch", f"{plural} {where}", open_watch)
+        if raw is None:
+            yield {"type": "ERROR", "object": {"kind": "Status", "code": 410, "reason": "Expired"}}
+            return
         buffered = b""
         try:
             for chunk in raw.stream(64 * 1024):
