@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import atexit
 import json
+import os
 import signal
 import sys
 import threading
@@ -408,7 +409,6 @@ def run_cmd(
 def _shard_index(index: int | None, shards: int) -> int:
     """``--shard-index``, or the ordinal of a StatefulSet pod's name (``canaryctl-4``, from
     $HOSTNAME) modulo ``shards``: with 2 x N replicas, two daemons serve each shard."""
-    import os
     import re
 
     if shards < 1:
@@ -494,6 +494,9 @@ def root(
 
 
 def main() -> None:
+    # pydantic looks for plugins in every installed package's metadata when it builds a model;
+    # the CLI uses none, and the scan costs more than validating a policy
+    os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
     try:
         app()
     except SystemExit as exc:

@@ -73,7 +73,9 @@ _USERINFO_RE = re.compile(r"//[^/@\s]*@")
 _UA = {"User-Agent": "canaryctl"}
 # No redirects (a redirect is not an approval); the body is never read (stream).
 _POST: dict[str, Any] = {"allow_redirects": False, "stream": True, "headers": _UA}
-SPEC_CONFIG = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)  # as policy.py
+SPEC_CONFIG = ConfigDict(  # as policy.py
+    extra="forbid", populate_by_name=True, frozen=True, defer_build=True
+)
 Duration = Annotated[str, Field(description="Duration: 500ms, 4s, 30s, 1m, 1h, 1m30s")]
 
 

@@ -20,13 +20,6 @@ from typing import Any, TypeVar
 from urllib.parse import quote
 
 import urllib3
-from tenacity import (
-    RetryCallState,
-    Retrying,
-    retry_if_exception_type,
-    stop_after_delay,
-    wait_exponential,
-)
 
 from canaryctl.errors import (
     ClusterUnavailableError,
@@ -210,6 +203,17 @@ class KubeClient:
 
         if not retry:
             return once()
+        try:  # the first attempt needs no retry machinery (importing it costs start-up time)
+            return once()
+        except TransientError as exc:
+            failed = [exc]  # tenacity's first attempt: logged, waited on, then retried
+        from tenacity import (
+            RetryCallState,
+            Retrying,
+            retry_if_exception_type,
+            stop_after_delay,
+            wait_exponential,
+        )
 
         def before_sleep(rs: RetryCallState) -> None:
             exc = rs.outcome.exception() if rs.outcome else None
@@ -230,6 +234,8 @@ class KubeClient:
                 reraise=True,
             ):
                 with attempt:
+                    if failed:
+                        raise failed.pop()
                     return once()
         except TransientError as exc:
             raise ClusterUnavailableError(
