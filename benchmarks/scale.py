@@ -48,7 +48,8 @@ from urllib.parse import parse_qs
 ROOT = Path(__file__).resolve().parents[1]
 INTERVAL = 30.0
 TICKS = 4  # the first tick warms up (cache fill, connection pool); the rest are steady
-BEGIN, END = "<!-- scale:begin -->", "<!-- scale:end -->"
+MARKERS = ("<!-- scale:begin -->", "<!-- scale:end -->")
+SUMMARY = ("<!-- scale-summary:begin -->", "<!-- scale-summary:end -->")
 GROUPED = re.compile(r"by \(destination_workload_namespace, ?destination_workload")
 
 
@@ -69,39 +70,10 @@ def _policy() -> dict[str, Any]:
 
 def _seed(server: Any, n: int, now: float) -> None:
     """N copies of rest-apl, each with a rollout begun one interval ago (due now)."""
-    from canaryctl import rollout
-    from canaryctl.rollout import ANNOTATION
-    from canaryctl.sandbox import load_manifests
+    from canaryctl.sandbox import rest_apl_fleet
 
-    base = load_manifests()
-    policy = _policy()
-    docs = []
-    for i in range(n):
-        ns = _namespace(i)
-        state = rollout.begin(
-            app="rest-apl",
-            namespace=ns,
-            virtual_service="rest-apl-vs",
-            mode="subset",
-            stable={"host": "rest-apl", "subset": "v1"},
-            canary={"host": "rest-apl", "subset": "v2"},
-            stable_workload="rest-apl-v1",
-            canary_workload="rest-apl-v2",
-            policy=policy,
-            current_canary_weight=20,
-            now=now - INTERVAL - 1,
-        )
-        for doc in base:
-            doc = json.loads(json.dumps(doc))
-            meta = doc["metadata"]
-            if doc["kind"] == "Namespace":
-                meta["name"] = ns
-            else:
-                meta["namespace"] = ns
-            if doc["kind"] == "VirtualService":
-                meta.setdefault("annotations", {})[ANNOTATION] = state.to_json()
-            docs.append(doc)
-    server.apply(docs)
+    namespaces = [_namespace(i) for i in range(n)]
+    server.apply(rest_apl_fleet(namespaces, policy=_policy(), started_at=now - INTERVAL - 1))
 
 
 class _Counter:
@@ -451,13 +423,28 @@ def startup_table(startup: dict[str, float]) -> str:
     return "\n".join(rows)
 
 
-def _replace(path: Path, text: str) -> None:
-    content = path.read_text()
-    if BEGIN not in content:
-        content = content.rstrip("\n") + f"\n\n{BEGIN}\n{END}\n"
-    head, _, rest = content.partition(BEGIN)
-    _, _, tail = rest.partition(END)
-    path.write_text(f"{head}{BEGIN}\n{text}\n{END}{tail}")
+def summary(results: dict[int, dict[str, Any]], startup: dict[str, float]) -> str:
+    n = max(results)
+    daemon = results[n]["daemon"]
+    requests = sum(v for k, v in daemon["kube"].items() if k != "watch") / n
+    missed = "a missed interval" if daemon["max_wall"] > INTERVAL else "no missed interval"
+    medians = ", ".join(f"`{name}` {ms:.0f} ms" for name, ms in startup.items())
+    return (
+        f"- N = {n:,} due rollouts, one daemon tick every 30 s: "
+        f"{100 * daemon['tick_cpu'] / INTERVAL:.1f} % of one core, {missed}, "
+        f"{requests:.2f} Kubernetes requests per due rollout, "
+        f"{daemon['prometheus']:g} Prometheus queries per tick.\n"
+        f"- One `reconcile -A` pass (CronJob) at N = {n:,}: {results[n]['pass']['wall']:.1f} s, "
+        f"{results[n]['pass']['prometheus']} Prometheus queries.\n"
+        f"- Start-up medians: {medians}."
+    )
+
+
+def _replace(path: Path, text: str, markers: tuple[str, str]) -> None:
+    begin, end = markers
+    head, _, rest = path.read_text().partition(begin)
+    _, _, tail = rest.partition(end)
+    path.write_text(f"{head}{begin}\n{text}\n{end}{tail}")
 
 
 def main() -> None:
@@ -477,7 +464,8 @@ def main() -> None:
     )
     print(text)
     if not args.no_write:
-        _replace(ROOT / "docs" / "scale.md", text)
+        _replace(ROOT / "docs" / "scale.md", text, MARKERS)
+        _replace(ROOT / "README.md", summary(results, startup), SUMMARY)
 
 
 if __name__ == "__main__":

@@ -377,7 +377,7 @@ def run_cmd(
     """Daemon mode: reconcile in a loop with leader election, health checks and metrics."""
 
     def body() -> int:
-        from canaryctl.daemon import Daemon
+        from canaryctl.daemon import Daemon, resolve_shard_index
         from canaryctl.policy import parse_duration
 
         try:
@@ -386,7 +386,7 @@ def run_cmd(
             raise UsageError(f"--interval: {exc}") from None
         if every <= 0:
             raise UsageError(f"--interval: must be positive, got {interval!r}")
-        shard = (_shard_index(shard_index, shards), shards)
+        shard = (resolve_shard_index(shard_index, shards), shards)
         stop = threading.Event()
         ctl = _controller(kubeconfig, context, prometheus_url, stop=stop)
         try:
@@ -404,28 +404,6 @@ def run_cmd(
         return daemon.serve()
 
     _execute(Output.text, log_level, body)
-
-
-def _shard_index(index: int | None, shards: int) -> int:
-    """``--shard-index``, or the ordinal of a StatefulSet pod's name (``canaryctl-4``, from
-    $HOSTNAME) modulo ``shards``: with 2 x N replicas, two daemons serve each shard."""
-    import re
-
-    if shards < 1:
-        raise UsageError(f"--shards: must be at least 1, got {shards}")
-    if index is None:
-        if shards == 1:
-            return 0
-        ordinal = re.search(r"-(\d+)$", os.environ.get("HOSTNAME", ""))
-        if ordinal is None:
-            raise UsageError(
-                "--shard-index: required with --shards > 1 outside a StatefulSet pod "
-                f"(HOSTNAME {os.environ.get('HOSTNAME', '')!r} has no ordinal)"
-            )
-        return int(ordinal.group(1)) % shards
-    if not 0 <= index < shards:
-        raise UsageError(f"--shard-index: must be in 0..{shards - 1}, got {index}")
-    return index
 
 
 @policy_app.command("validate")

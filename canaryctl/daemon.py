@@ -13,6 +13,8 @@ the leases and exits 0.
 
 from __future__ import annotations
 
+import os
+import re
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -23,7 +25,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from canaryctl.cache import CachedKube
 from canaryctl.controller import Controller
-from canaryctl.errors import CanaryctlError
+from canaryctl.errors import CanaryctlError, UsageError
 from canaryctl.leases import Lease, default_duration
 from canaryctl.logs import get_logger
 from canaryctl.reconcile import Report, reconcile
@@ -108,6 +110,26 @@ def _reason_class(reason: str) -> str:
         if key in reason:
             return key.replace(" ", "_")
     return "analysis_passed" if "passed" in reason else "other"
+
+
+def resolve_shard_index(index: int | None, shards: int) -> int:
+    """``--shard-index``, or the ordinal of a StatefulSet pod's name (``canaryctl-4``, from
+    $HOSTNAME) modulo ``shards``: with 2 x N replicas, two daemons serve each shard."""
+    if shards < 1:
+        raise UsageError(f"--shards: must be at least 1, got {shards}")
+    if index is None:
+        if shards == 1:
+            return 0
+        ordinal = re.search(r"-(\d+)$", os.environ.get("HOSTNAME", ""))
+        if ordinal is None:
+            raise UsageError(
+                "--shard-index: required with --shards > 1 outside a StatefulSet pod "
+                f"(HOSTNAME {os.environ.get('HOSTNAME', '')!r} has no ordinal)"
+            )
+        return int(ordinal.group(1)) % shards
+    if not 0 <= index < shards:
+        raise UsageError(f"--shard-index: must be in 0..{shards - 1}, got {index}")
+    return index
 
 
 class Daemon:

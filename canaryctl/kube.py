@@ -120,29 +120,15 @@ class KubeClient:
 
     # The generated API classes, for calls not (yet) written as plain requests: each is
     # imported on first use only, so commands that do not use them do not pay for it.
-    @property
-    def custom(self) -> Any:
-        from kubernetes.client import CustomObjectsApi
+    def _generated(self, name: str) -> Any:
+        from kubernetes import client
 
-        return CustomObjectsApi(self.api)
+        return getattr(client, name)(self.api)
 
-    @property
-    def core(self) -> Any:
-        from kubernetes.client import CoreV1Api
-
-        return CoreV1Api(self.api)
-
-    @property
-    def apps(self) -> Any:
-        from kubernetes.client import AppsV1Api
-
-        return AppsV1Api(self.api)
-
-    @property
-    def coordination(self) -> Any:
-        from kubernetes.client import CoordinationV1Api
-
-        return CoordinationV1Api(self.api)
+    custom = property(lambda self: self._generated("CustomObjectsApi"))
+    core = property(lambda self: self._generated("CoreV1Api"))
+    apps = property(lambda self: self._generated("AppsV1Api"))
+    coordination = property(lambda self: self._generated("CoordinationV1Api"))
 
     def _plain(self, obj: Any) -> Any:
         """Generated model objects -> plain JSON-like dicts (what the pure modules take)."""

@@ -26,6 +26,7 @@ import builtins
 import json
 import re
 import threading
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,6 +99,7 @@ class StrictEmulator(kmock.KubernetesEmulator):
     _writes: builtins.list[WriteRecord] = attrs.field(factory=list, init=False)
     _faults: builtins.list[_Fault] = attrs.field(factory=list, init=False)
     _rbac: frozenset[tuple[str, str, str]] | None = attrs.field(default=None, init=False)
+    closing: threading.Event = attrs.field(factory=threading.Event, init=False)  # ends watches
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -275,7 +277,7 @@ class StrictEmulator(kmock.KubernetesEmulator):
                     line = json.dumps({"type": change, "object": obj}) + "\n"
                     await response.write(line.encode())
                     since = max(since, int(obj["metadata"]["resourceVersion"]))
-                if asyncio.get_running_loop().time() >= deadline:
+                if asyncio.get_running_loop().time() >= deadline or self.closing.is_set():
                     break
                 await asyncio.sleep(WATCH_POLL)
                 changes = self.store.changes(kind, target.namespace, since, api_version)
@@ -380,6 +382,11 @@ class EmulatorServer(LoopbackServer):
     def __init__(self, emulator: StrictEmulator | None = None, *, host: str = "127.0.0.1") -> None:
         self.emulator = emulator if emulator is not None else StrictEmulator()
         super().__init__(self.emulator, name="the Kubernetes API emulator", host=host)
+
+    def __exit__(self, *_exc: object) -> None:
+        self.emulator.closing.set()  # open watches end before the server stops
+        time.sleep(3 * WATCH_POLL)
+        super().__exit__()
 
     def write_kubeconfig(self, path: str | Path, *, namespace: str = "default") -> Path:
         """A kubeconfig (context ``sandbox``) pointing at this server, with a fake token."""

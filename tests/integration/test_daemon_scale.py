@@ -7,7 +7,6 @@ due analysis is inconclusive and held: which daemon held which rollout is what i
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections.abc import Iterator
@@ -17,7 +16,7 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from canaryctl import cache, rollout
+from canaryctl import cache
 from canaryctl.cache import CachedKube
 from canaryctl.controller import Controller
 from canaryctl.daemon import Daemon
@@ -25,47 +24,12 @@ from canaryctl.mesh._base import get_router
 from canaryctl.metrics._base import get_provider
 from canaryctl.policy import parse_policy
 from canaryctl.reconcile import shard_of
-from canaryctl.rollout import ANNOTATION
-from canaryctl.sandbox import load_manifests
+from canaryctl.sandbox import rest_apl_fleet
 from canaryctl.sandbox.emulator import EmulatorServer
 from canaryctl.sandbox.prometheus import PrometheusServer
 
 NAMESPACES = [f"shop-{i}" for i in range(9)]
 VS = "rest-apl-vs"
-
-
-def _copies(namespaces: list[str], now: float) -> list[dict[str, Any]]:
-    """rest-apl in each namespace, with a rollout begun 1.5 s ago (due: interval 1 s)."""
-    policy = parse_policy({"spec": {"interval": "1s", "inconclusiveLimit": 100}}).snapshot()
-    docs = []
-    for ns in namespaces:
-        state = rollout.begin(
-            app="rest-apl",
-            namespace=ns,
-            virtual_service=VS,
-            mode="subset",
-            stable={"host": "rest-apl", "subset": "v1"},
-            canary={"host": "rest-apl", "subset": "v2"},
-            stable_workload="rest-apl-v1",
-            canary_workload="rest-apl-v2",
-            policy=policy,
-            current_canary_weight=20,
-            now=now - 1.5,
-        )
-        docs.extend(_for_namespace(ns, state))
-    return docs
-
-
-def _for_namespace(ns: str, state: rollout.RolloutState) -> list[dict[str, Any]]:
-    docs = json.loads(json.dumps(load_manifests()))
-    for doc in docs:
-        if doc["kind"] == "Namespace":
-            doc["metadata"]["name"] = ns
-        else:
-            doc["metadata"]["namespace"] = ns
-        if doc["kind"] == "VirtualService":
-            doc["metadata"].setdefault("annotations", {})[ANNOTATION] = state.to_json()
-    return docs
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +42,8 @@ def prometheus(prometheus_binary: str) -> Iterator[PrometheusServer]:
 @pytest.fixture
 def world(tmp_path: Path) -> Iterator[tuple[EmulatorServer, Path]]:
     with EmulatorServer() as emulator:
-        emulator.apply(_copies(NAMESPACES, time.time()))
+        policy = parse_policy({"spec": {"interval": "1s", "inconclusiveLimit": 100}}).snapshot()
+        emulator.apply(rest_apl_fleet(NAMESPACES, policy=policy, started_at=time.time() - 1.5))
         yield emulator, emulator.write_kubeconfig(tmp_path / "kubeconfig")
 
 

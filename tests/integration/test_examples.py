@@ -401,9 +401,11 @@ def test_policy_configmap_parses_as_the_default_policy() -> None:
 def _pod_specs() -> list[tuple[str, dict[str, Any]]]:
     cron = _one("cronjob", "CronJob")
     deploy = _one("daemon", "Deployment")
+    sharded = _one("sharded", "StatefulSet")
     return [
         ("cronjob", cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]),
         ("daemon", deploy["spec"]["template"]["spec"]),
+        ("sharded", sharded["spec"]["template"]["spec"]),
     ]
 
 
@@ -476,3 +478,36 @@ def test_daemon_deployment_runs_leader_elected_with_probes_and_metrics(
     (svc_port,) = svc["spec"]["ports"]
     assert svc_port["port"] == 8080
     assert svc_port["targetPort"] == "http-metrics"
+
+
+def test_sharded_statefulset_gives_each_shard_a_leader_and_a_standby(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The StatefulSet runs 6 pods of `canaryctl run -A --shards 3` (no --shard-index) in
+    canaryctl-system, with the daemon's ServiceAccount and a headless Service; each pod's shard
+    is the ordinal of its name (HOSTNAME) mod 3, so every shard has two pods."""
+    from canaryctl.daemon import resolve_shard_index
+
+    sts = _one("sharded", "StatefulSet")
+    assert sts["metadata"]["namespace"] == "canaryctl-system"
+    spec = sts["spec"]
+    assert spec["replicas"] == 6
+    assert spec["podManagementPolicy"] == "Parallel"
+    headless = _one("sharded", "Service")
+    assert headless["spec"]["clusterIP"] == "None"
+    assert spec["serviceName"] == headless["metadata"]["name"]
+    template = spec["template"]
+    assert spec["selector"]["matchLabels"].items() <= template["metadata"]["labels"].items()
+    assert (
+        template["spec"]["serviceAccountName"]
+        == _one("daemon", "ServiceAccount")["metadata"]["name"]
+    )
+    (container,) = template["spec"]["containers"]
+    params = _command(container["args"], {"POD_NAMESPACE": "canaryctl-system"}, monkeypatch)
+    assert params["all_namespaces"] is True
+    assert (params["shards"], params["shard_index"]) == (3, None)
+    shards = []
+    for ordinal in range(spec["replicas"]):
+        monkeypatch.setenv("HOSTNAME", f"{sts['metadata']['name']}-{ordinal}")
+        shards.append(resolve_shard_index(None, params["shards"]))
+    assert sorted(shards) == [0, 0, 1, 1, 2, 2]
