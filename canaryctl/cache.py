@@ -16,18 +16,25 @@ synced (or for a namespace the cache does not hold) reads go to the API server.
 
 from __future__ import annotations
 
-import copy
+import json
 import threading
-from typing import Any
+from typing import Any, TypeVar
 
 from canaryctl.errors import CanaryctlError, ConflictError, NotFoundError
 from canaryctl.kube import KubeClient
 from canaryctl.logs import get_logger
 
 log = get_logger("canaryctl.cache")
+T = TypeVar("T")
 WATCH_SECONDS = 300  # the server ends each watch about this often; we resume it
 SYNC_SECONDS = 60.0  # how long start() waits for the first lists
 PLURALS = ("virtualservices", "destinationrules", "deployments", "leases")
+
+
+def _copy(obj: T) -> T:
+    """A deep copy of JSON data (a few times faster than ``copy.deepcopy``)."""
+    copied: T = json.loads(json.dumps(obj))
+    return copied
 
 
 def _rv(obj: dict[str, Any]) -> int:
@@ -47,42 +54,46 @@ class Informer:
         self.synced = threading.Event()
         self.stopped = threading.Event()
         self._lock = threading.Lock()
-        self._objects: dict[tuple[str, str], dict[str, Any]] = {}
+        self._objects: dict[str, dict[str, dict[str, Any]]] = {}  # namespace -> name -> object
         self._thread = threading.Thread(target=self._run, name=f"watch {plural}", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
 
     def items(self, namespace: str | None) -> list[dict[str, Any]]:
+        """Copies (callers may change what they get), sorted by namespace and name."""
         with self._lock:
-            found = [o for (ns, _), o in sorted(self._objects.items()) if namespace in (None, ns)]
-        return copy.deepcopy(found)
+            spaces = sorted(self._objects) if namespace is None else [namespace]
+            found = [obj for ns in spaces for _, obj in sorted(self._objects.get(ns, {}).items())]
+        return _copy(found)
 
     def get(self, namespace: str, name: str) -> dict[str, Any] | None:
         with self._lock:
-            obj = self._objects.get((namespace, name))
-        return copy.deepcopy(obj) if obj is not None else None
+            obj = self._objects.get(namespace, {}).get(name)
+        return _copy(obj) if obj is not None else None
 
     def store(self, obj: dict[str, Any], *, deleted: bool = False) -> None:
         """Keep ``obj`` unless what we hold is newer (a write's answer can race its event)."""
         meta = obj.get("metadata") or {}
-        key = (str(meta.get("namespace", "")), str(meta.get("name", "")))
+        ns, name = str(meta.get("namespace", "")), str(meta.get("name", ""))
         with self._lock:
-            held = self._objects.get(key)
+            space = self._objects.setdefault(ns, {})
+            held = space.get(name)
             if held is not None and _rv(held) > _rv(obj):
                 return
             if deleted:
-                self._objects.pop(key, None)
+                space.pop(name, None)
             else:
-                self._objects[key] = obj
+                space[name] = obj
 
     def _list(self) -> str:
         listed = self.kube.list_objects(self.plural, self.namespace)
+        objects: dict[str, dict[str, dict[str, Any]]] = {}
+        for obj in listed.get("items") or []:
+            meta = obj["metadata"]
+            objects.setdefault(meta.get("namespace", ""), {})[meta["name"]] = obj
         with self._lock:
-            self._objects = {
-                (o["metadata"].get("namespace", ""), o["metadata"]["name"]): o
-                for o in listed.get("items") or []
-            }
+            self._objects = objects
         self.synced.set()
         return str((listed.get("metadata") or {}).get("resourceVersion") or "")
 
@@ -200,5 +211,5 @@ class CachedKube(KubeClient):
     def _keep(self, plural: str, obj: dict[str, Any]) -> dict[str, Any]:
         informer = self.informers.get(plural)
         if informer is not None:
-            informer.store(copy.deepcopy(obj))
+            informer.store(_copy(obj))
         return obj

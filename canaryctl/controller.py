@@ -14,6 +14,7 @@ and its events and notifications go out once.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -106,6 +107,7 @@ class Controller:
     hooks: HookRunner = field(init=False, repr=False)
     lease_duration: int = field(default_factory=default_duration)
     _providers: dict[str, MetricsProvider] = field(default_factory=dict, init=False, repr=False)
+    _policies: dict[str, AnalysisPolicy] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.hooks = HookRunner(clock=self.clock)  # webhooks come from each state's snapshot
@@ -119,9 +121,16 @@ class Controller:
 
     # --- reading ----------------------------------------------------------------------------
     def policy_of(self, state: RolloutState) -> AnalysisPolicy:
-        return parse_policy(state.policy, source="stored policy").with_prometheus_url(
-            self.prometheus_url
-        )
+        """The rollout's stored policy, parsed once per distinct snapshot (a daemon asks for
+        each rollout's at every tick)."""
+        key = json.dumps(state.policy, sort_keys=True)
+        if key not in self._policies:
+            if len(self._policies) > 1000:
+                self._policies.clear()
+            self._policies[key] = parse_policy(
+                state.policy, source="stored policy"
+            ).with_prometheus_url(self.prometheus_url)
+        return self._policies[key]
 
     def lease_for(self, state: RolloutState) -> Lease:
         return Lease(

@@ -94,6 +94,8 @@ class KubeClient:
 
     def __init__(self, api_client: ApiClient, *, retry_seconds: float | None = None):
         self.api = api_client
+        # Configuration.host looks the proxy settings up in the environment at every call
+        self._host = api_client.configuration.host
         self.retry_seconds = _retry_seconds() if retry_seconds is None else retry_seconds
         self._istio_version: str | None = None
 
@@ -155,6 +157,7 @@ class KubeClient:
             header_params=headers,
             body=body,
             auth_settings=["BearerToken"],
+            _host=self._host,
         )
         resp: Any = self.api.call_api(*request, _request_timeout=timeout)
         if not 200 <= resp.status <= 299:

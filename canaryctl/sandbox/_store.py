@@ -248,13 +248,13 @@ class ObjectStore:
                 raise ApiError(
                     410, "Expired", f"too old resource version: {since} ({self._compacted})"
                 )
-            return [
-                (kind_of_change, _render(obj, api_version))
-                for rv, kind_of_change, key, obj in self._events
-                if rv > since
-                and key[:2] == (kind.group, kind.plural)
-                and namespace in (None, key[2])
-            ]
+            later = []
+            for rv, change, key, obj in reversed(self._events):  # newest first: stop at since
+                if rv <= since:
+                    break
+                if key[:2] == (kind.group, kind.plural) and namespace in (None, key[2]):
+                    later.append((change, _render(obj, api_version)))
+            return later[::-1]
 
     def compact(self) -> None:
         """Forget the change history, as etcd compaction does: watches from before now get
