@@ -307,6 +307,8 @@ def measure_daemon(world: World) -> dict[str, Any]:
         "kube": {k: v / len(steady) for k, v in kube_total.items()},
         "prometheus": statistics.median(t["prometheus"] for t in steady),
         "first_wall": ticks[0]["wall"],
+        # the peak of this process, which holds the daemon and its cache (and the largest N)
+        "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
 
 
@@ -398,6 +400,7 @@ def table(results: dict[int, dict[str, Any]]) -> str:
         "daemon tick (`run -A`, 30 s), wall / CPU",
         lambda n, r: f"{r['daemon']['tick_wall']:.2f} s / {r['daemon']['tick_cpu']:.2f} s",
     )
+    row("daemon: peak memory (RSS, with its cache)", lambda n, r: f"{r['daemon']['rss_mb']:.0f} MB")
     row(
         "daemon: share of one core at a 30 s interval",
         lambda n, r: f"{100 * r['daemon']['tick_cpu'] / INTERVAL:.1f} %",
