@@ -134,14 +134,17 @@ def _controller(
     prometheus_url: str | None,
     progress: Callable[..., None] | None = None,
     stop: threading.Event | None = None,
+    *,
+    namespace: str | None,
 ) -> Any:
     """The controller of one command. SIGTERM and SIGINT set ``stop`` (given by ``run``,
     whose daemon waits on it; made here otherwise), which ``should_stop`` reads. The daemon
-    (``stop`` given) reads through a watch-fed cache."""
-    from canaryctl.controller import Controller
+    (``stop`` given) reads through a watch-fed cache.
+
+    The first request every command makes, the Istio API version probe (in ``namespace``,
+    None: all), goes out before the controller's modules are imported: an unreachable or
+    misconfigured cluster is reported without paying for them first."""
     from canaryctl.kube import KubeClient
-    from canaryctl.mesh._base import get_router
-    from canaryctl.metrics._base import get_provider
 
     if stop is not None:
         from canaryctl.cache import CachedKube
@@ -149,6 +152,12 @@ def _controller(
         kube: KubeClient = CachedKube.connect(kubeconfig=kubeconfig, context=context)
     else:
         kube = KubeClient.connect(kubeconfig=kubeconfig, context=context)
+    kube.istio_version(namespace or "default")
+
+    from canaryctl.controller import Controller
+    from canaryctl.mesh._base import get_router
+    from canaryctl.metrics._base import get_provider
+
     stopped = stop if stop is not None else threading.Event()
 
     def on_signal(signum: int, _frame: Any) -> None:
@@ -217,7 +226,7 @@ def promote(
         )
         pol = load_policy(policy).with_prometheus_url(prometheus_url)
         progress = Progress() if output == Output.text else None
-        ctl = _controller(kubeconfig, context, prometheus_url, progress)
+        ctl = _controller(kubeconfig, context, prometheus_url, progress, namespace=namespace)
         try:
             res = operations.promote(
                 ctl,
@@ -251,13 +260,13 @@ def _simple_verb(verb: str) -> Callable[..., None]:
         log_level: LogOpt = Level.info,
     ) -> None:
         def body() -> int:
-            from canaryctl import operations
-            from canaryctl.render import result_text
-
             _check_names(
                 {"APP": app_name, "--namespace": namespace, "--virtual-service": virtual_service}
             )
-            ctl = _controller(kubeconfig, context, None)
+            ctl = _controller(kubeconfig, context, None, namespace=namespace)
+            from canaryctl import operations
+            from canaryctl.render import result_text
+
             fn = getattr(operations, verb)
             res = fn(ctl, app=app_name, namespace=namespace, vs_name=virtual_service)
             data = res.to_dict()
@@ -299,7 +308,9 @@ def list_cmd(
         from canaryctl.render import list_text
 
         _check_names({"--namespace": None if all_namespaces else namespace})
-        ctl = _controller(kubeconfig, context, None)
+        ctl = _controller(
+            kubeconfig, context, None, namespace=None if all_namespaces else namespace
+        )
         states = operations.list_rollouts(ctl, namespace=None if all_namespaces else namespace)
         data = {
             "result": "ok",
@@ -327,7 +338,9 @@ def reconcile_cmd(
         from canaryctl.reconcile import reconcile
 
         _check_names({"--namespace": None if all_namespaces else namespace})
-        ctl = _controller(kubeconfig, context, prometheus_url)
+        ctl = _controller(
+            kubeconfig, context, prometheus_url, namespace=None if all_namespaces else namespace
+        )
         report = reconcile(ctl, namespace=None if all_namespaces else namespace)
         lines = [
             f"{o.namespace}/{o.virtual_service}: {o.action}"
@@ -388,7 +401,13 @@ def run_cmd(
             raise UsageError(f"--interval: must be positive, got {interval!r}")
         shard = (resolve_shard_index(shard_index, shards), shards)
         stop = threading.Event()
-        ctl = _controller(kubeconfig, context, prometheus_url, stop=stop)
+        ctl = _controller(
+            kubeconfig,
+            context,
+            prometheus_url,
+            stop=stop,
+            namespace=None if all_namespaces else namespace,
+        )
         try:
             daemon = Daemon(
                 ctl,

@@ -72,7 +72,7 @@ def _retry_seconds() -> float:
 
 
 def _as_dict(obj: object) -> dict[str, Any]:
-    """Custom-object calls are typed as ``object``; they return JSON objects."""
+    """The API answers JSON objects; anything else is a broken answer."""
     if not isinstance(obj, dict):
         raise ClusterUnavailableError(f"unexpected answer from the API: {type(obj).__name__}")
     return obj
@@ -263,16 +263,16 @@ class KubeClient:
         return self._path(f"{ISTIO_GROUP}/{version}", plural, namespace, name)
 
     # --- list + watch (the daemon's cache, cache.py) --------------------------------------
-    def api_version_of(self, plural: str) -> str:
+    def api_version_of(self, plural: str, namespace: str | None) -> str:
         """The group/version we read ``plural`` at (Istio's depends on the cluster)."""
         if plural in ("virtualservices", "destinationrules"):
-            return f"{ISTIO_GROUP}/{self.istio_version('default')}"
+            return f"{ISTIO_GROUP}/{self.istio_version(namespace or 'default')}"
         return {"deployments": "apps/v1", "leases": "coordination.k8s.io/v1"}[plural]
 
     def list_objects(self, plural: str, namespace: str | None) -> dict[str, Any]:
         """A whole collection, with the resourceVersion a watch continues from."""
         where = f"in namespace {namespace}" if namespace else "in all namespaces"
-        path = self._path(self.api_version_of(plural), plural, namespace)
+        path = self._path(self.api_version_of(plural, namespace), plural, namespace)
         return self._request("list", f"{plural} {where}", "GET", path)
 
     def watch_objects(
@@ -282,7 +282,7 @@ class KubeClient:
         server ends the watch (after about ``timeout`` seconds). Opening it follows the one
         error policy; a broken stream raises ``TransientError`` (the caller watches again)."""
         where = f"in namespace {namespace}" if namespace else "in all namespaces"
-        path = self._path(self.api_version_of(plural), plural, namespace)
+        path = self._path(self.api_version_of(plural, namespace), plural, namespace)
         query = {
             "watch": "true",
             "resourceVersion": resource_version,
