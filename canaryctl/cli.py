@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import atexit
 import json
+import os
 import signal
 import sys
 import threading
@@ -27,9 +28,12 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain help: importing rich costs more than the rest of --help
 )
 policy_app = typer.Typer(
-    help="Validate analysis policies and print their JSON Schema.", no_args_is_help=True
+    help="Validate analysis policies and print their JSON Schema.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
 )
 app.add_typer(policy_app, name="policy")
 
@@ -133,15 +137,30 @@ def _controller(
     prometheus_url: str | None,
     progress: Callable[..., None] | None = None,
     stop: threading.Event | None = None,
+    *,
+    namespace: str | None,
 ) -> Any:
     """The controller of one command. SIGTERM and SIGINT set ``stop`` (given by ``run``,
-    whose daemon waits on it; made here otherwise), which ``should_stop`` reads."""
-    from canaryctl.controller import Controller
+    whose daemon waits on it; made here otherwise), which ``should_stop`` reads. The daemon
+    (``stop`` given) reads through a watch-fed cache.
+
+    The first request every command makes, the Istio API version probe (in ``namespace``,
+    None: all), goes out before the controller's modules are imported: an unreachable or
+    misconfigured cluster is reported without paying for them first."""
     from canaryctl.kube import KubeClient
+
+    if stop is not None:
+        from canaryctl.cache import CachedKube
+
+        kube: KubeClient = CachedKube.connect(kubeconfig=kubeconfig, context=context)
+    else:
+        kube = KubeClient.connect(kubeconfig=kubeconfig, context=context)
+    kube.istio_version(namespace or "default")
+
+    from canaryctl.controller import Controller
     from canaryctl.mesh._base import get_router
     from canaryctl.metrics._base import get_provider
 
-    kube = KubeClient.connect(kubeconfig=kubeconfig, context=context)
     stopped = stop if stop is not None else threading.Event()
 
     def on_signal(signum: int, _frame: Any) -> None:
@@ -214,7 +233,7 @@ def promote(
         )
         pol = load_policy(policy).with_prometheus_url(prometheus_url)
         progress = Progress() if output == Output.text else None
-        ctl = _controller(kubeconfig, context, prometheus_url, progress)
+        ctl = _controller(kubeconfig, context, prometheus_url, progress, namespace=namespace)
         try:
             res = operations.promote(
                 ctl,
@@ -256,7 +275,7 @@ def _simple_verb(verb: str, module: str = "operations") -> Callable[..., None]:
             _check_names(
                 {"APP": app_name, "--namespace": namespace, "--virtual-service": virtual_service}
             )
-            ctl = _controller(kubeconfig, context, None)
+            ctl = _controller(kubeconfig, context, None, namespace=namespace)
             fn = getattr(importlib.import_module(f"canaryctl.{module}"), verb)
             res = fn(ctl, app=app_name, namespace=namespace, vs_names=virtual_service or [])
             data = res.to_dict()
@@ -304,7 +323,9 @@ def list_cmd(
         from canaryctl.render import list_text
 
         _check_names({"--namespace": None if all_namespaces else namespace})
-        ctl = _controller(kubeconfig, context, None)
+        ctl = _controller(
+            kubeconfig, context, None, namespace=None if all_namespaces else namespace
+        )
         states = operations.list_rollouts(ctl, namespace=None if all_namespaces else namespace)
         data = {
             "result": "ok",
@@ -351,7 +372,7 @@ def backtest_cmd(
         pol = load_policy(policy).with_prometheus_url(prometheus_url)
         canary, stable = canary_workload, stable_workload
         if canary is None or stable is None:
-            ctl = _controller(kubeconfig, context, None)
+            ctl = _controller(kubeconfig, context, None, namespace=namespace)
             last = last_workloads(ctl, app=app_name, namespace=namespace)
             canary, stable = canary or last[0], stable or last[1]
         result = run_backtest(
@@ -386,7 +407,9 @@ def reconcile_cmd(
         from canaryctl.reconcile import reconcile
 
         _check_names({"--namespace": None if all_namespaces else namespace})
-        ctl = _controller(kubeconfig, context, prometheus_url)
+        ctl = _controller(
+            kubeconfig, context, prometheus_url, namespace=None if all_namespaces else namespace
+        )
         report = reconcile(ctl, namespace=None if all_namespaces else namespace)
         lines = [
             f"{o.namespace}/{o.virtual_service}: {o.action}"
@@ -418,6 +441,16 @@ def run_cmd(
             help="Namespace of the leader-election Lease (default: -n)",
         ),
     ] = None,
+    shards: Annotated[
+        int, typer.Option("--shards", help="Split the rollouts between this many daemons")
+    ] = 1,
+    shard_index: Annotated[
+        int | None,
+        typer.Option(
+            "--shard-index",
+            help="This daemon's shard, 0..N-1 (default: a StatefulSet pod's ordinal mod N)",
+        ),
+    ] = None,
     prometheus_url: PromOpt = None,
     kubeconfig: KubeconfigOpt = None,
     context: ContextOpt = None,
@@ -426,7 +459,7 @@ def run_cmd(
     """Daemon mode: reconcile in a loop with leader election, health checks and metrics."""
 
     def body() -> int:
-        from canaryctl.daemon import Daemon
+        from canaryctl.daemon import Daemon, resolve_shard_index
         from canaryctl.policy import parse_duration
 
         try:
@@ -435,8 +468,15 @@ def run_cmd(
             raise UsageError(f"--interval: {exc}") from None
         if every <= 0:
             raise UsageError(f"--interval: must be positive, got {interval!r}")
+        shard = (resolve_shard_index(shard_index, shards), shards)
         stop = threading.Event()
-        ctl = _controller(kubeconfig, context, prometheus_url, stop=stop)
+        ctl = _controller(
+            kubeconfig,
+            context,
+            prometheus_url,
+            stop=stop,
+            namespace=None if all_namespaces else namespace,
+        )
         try:
             daemon = Daemon(
                 ctl,
@@ -445,6 +485,7 @@ def run_cmd(
                 lease_namespace=lease_namespace or namespace,
                 port=port,
                 stop=stop,
+                shard=shard,
             )
         except OSError as exc:
             raise UsageError(f"--port: cannot listen on {port}: {exc}") from None
@@ -538,6 +579,9 @@ def root(
 
 
 def main() -> None:
+    # pydantic looks for plugins in every installed package's metadata when it builds a model;
+    # the CLI uses none, and the scan costs more than validating a policy
+    os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "__all__")
     try:
         app()
     except SystemExit as exc:

@@ -14,12 +14,11 @@ and its events and notifications go out once.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
-
-import structlog
 
 from canaryctl import followers, notify, rollout
 from canaryctl.analysis import StepAnalysis, combine, judge_metric
@@ -35,10 +34,11 @@ from canaryctl.errors import (
 from canaryctl.hooks import HookRunner, as_failed_checks
 from canaryctl.kube import KubeClient
 from canaryctl.leases import Lease, default_duration, identity, lease_name
+from canaryctl.logs import get_logger
 from canaryctl.mesh._base import TrafficRouter
 from canaryctl.mesh.group import weights_drift
 from canaryctl.metrics._base import MetricsProvider, QueryContext
-from canaryctl.policy import AnalysisPolicy, PrometheusSpec, parse_policy
+from canaryctl.policy import AnalysisPolicy, MetricSpec, PrometheusSpec, parse_policy
 from canaryctl.policy_hooks import GateKind
 from canaryctl.rollout import (
     ANNOTATION,
@@ -48,7 +48,7 @@ from canaryctl.rollout import (
     outcome_of,
 )
 
-log = structlog.get_logger("canaryctl.controller")
+log = get_logger("canaryctl.controller")
 ProgressFn = Callable[[RolloutState, float], None]
 
 
@@ -110,15 +110,31 @@ class Controller:
     notifier: notify.Notifier = field(default_factory=notify.Notifier, repr=False)
     hooks: HookRunner = field(init=False, repr=False)
     lease_duration: int = field(default_factory=default_duration)
+    _providers: dict[str, MetricsProvider] = field(default_factory=dict, init=False, repr=False)
+    _policies: dict[str, AnalysisPolicy] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.hooks = HookRunner(clock=self.clock)  # webhooks come from each state's snapshot
 
+    def provider(self, spec: PrometheusSpec) -> MetricsProvider:
+        """One provider per Prometheus (its connections, and what ``prefetch`` asked)."""
+        key = spec.model_dump_json()
+        if key not in self._providers:
+            self._providers[key] = self.provider_for(spec)
+        return self._providers[key]
+
     # --- reading ----------------------------------------------------------------------------
     def policy_of(self, state: RolloutState) -> AnalysisPolicy:
-        return parse_policy(state.policy, source="stored policy").with_prometheus_url(
-            self.prometheus_url
-        )
+        """The rollout's stored policy, parsed once per distinct snapshot (a daemon asks for
+        each rollout's at every tick)."""
+        key = json.dumps(state.policy, sort_keys=True)
+        if key not in self._policies:
+            if len(self._policies) > 1000:
+                self._policies.clear()
+            self._policies[key] = parse_policy(
+                state.policy, source="stored policy"
+            ).with_prometheus_url(self.prometheus_url)
+        return self._policies[key]
 
     def lease_for(self, state: RolloutState) -> Lease:
         return Lease(
@@ -207,19 +223,20 @@ class Controller:
             self.hooks.post_rollout(after, outcome)
 
     # --- one analysis -----------------------------------------------------------------------
-    def analyse(self, state: RolloutState, now: float) -> StepAnalysis:
-        policy = self.policy_of(state)
+    @staticmethod
+    def queries(
+        state: RolloutState, policy: AnalysisPolicy, now: float
+    ) -> list[tuple[MetricSpec, QueryContext]]:
+        """The metrics an analysis at ``now`` measures through ``provider.measure``."""
         spec = policy.spec
-        provider = self.provider_for(spec.prometheus)
         window = max(1.0, round(now - state.window_start))
-        results = as_failed_checks(self.hooks.rollout(state))  # a failing one fails the analysis
-        sequential = spec.judge == "sequential"
-        from canaryctl.judges import measure_counts, sequential_results, threshold_part
+        out = []
+        from canaryctl.judges import threshold_part
 
         for judged in spec.metrics:
-            metric = threshold_part(judged) if sequential else judged
+            metric = threshold_part(judged) if spec.judge == "sequential" else judged
             if metric is None:
-                continue  # judged on counts below, not on rate() or one window's quantile
+                continue  # judged on counts (judges.py), not on rate() or one window's quantile
             ctx = QueryContext(
                 namespace=state.namespace,
                 app=state.app,
@@ -228,6 +245,48 @@ class Controller:
                 window_seconds=spec.window_seconds(metric) if metric.window else window,
                 at=now,
             )
+            out.append((metric, ctx))
+        return out
+
+    def prefetch(self, states: list[RolloutState], now: float) -> None:
+        """Ask each Prometheus once per metric and window for all these rollouts' analyses at
+        ``now`` (providers that cannot group are left to ask per rollout). A failure here is
+        not fatal: each analysis then asks on its own and fails (or not) as it would have."""
+        from canaryctl.judges import latency_slo
+
+        wanted: dict[str, list[tuple[MetricSpec, QueryContext]]] = {}
+        windows: dict[str, list[tuple[str, str, float]]] = {}  # sequential judge's counts
+        buckets: set[str] = set()
+        for state in states:
+            policy = self.policy_of(state)
+            if not hasattr(self.provider(policy.spec.prometheus), "prefetch"):
+                continue
+            key = policy.spec.prometheus.model_dump_json()
+            wanted.setdefault(key, []).extend(self.queries(state, policy, now))
+            if policy.spec.judge == "sequential":
+                windows.setdefault(key, []).extend(
+                    (state.namespace, wl, state.step_started_at)
+                    for wl in (state.canary_workload, state.stable_workload)
+                )
+                if latency_slo(policy) is not None:
+                    buckets.add(key)
+        for key, items in wanted.items():
+            provider: Any = self._providers[key]
+            try:
+                provider.prefetch(items)
+                provider.prefetch_counts(windows.get(key, []), end=now, buckets=key in buckets)
+            except MetricsUnavailableError as exc:
+                log.warning("prefetch.failed", error=str(exc))
+
+    def analyse(self, state: RolloutState, now: float) -> StepAnalysis:
+        policy = self.policy_of(state)
+        spec = policy.spec
+        provider = self.provider(spec.prometheus)
+        results = as_failed_checks(self.hooks.rollout(state))  # a failing one fails the analysis
+        sequential = spec.judge == "sequential"
+        from canaryctl.judges import measure_counts, sequential_results
+
+        for metric, ctx in self.queries(state, policy, now):
             m = provider.measure(metric, ctx)
             r = judge_metric(metric, m, min_requests=spec.minRequests)
             log.info(
@@ -250,8 +309,10 @@ class Controller:
             return combine([*results, *extra], sequential_reject=reject, counts=entry, dwell=dwell)
         return combine(results)
 
-    def step(self, state: RolloutState) -> RolloutState:
-        """Analyse the current step once and apply the decision (one guarded write).
+    def step(self, state: RolloutState, *, at: float | None = None) -> RolloutState:
+        """Analyse the current step once (its window ending ``at``, default now: a reconcile
+        pass measures all its rollouts at the same instant, see ``prefetch``) and apply the
+        decision (one guarded write).
 
         When Prometheus or the cluster stays unusable beyond the retry budget, traffic is put
         back on stable (phase Failed, with the reason) if the VirtualService can still be
@@ -279,7 +340,7 @@ class Controller:
             if self.hooks.rollback_requested(state):
                 new = rollout.rollback(state, reason="rollback requested by a webhook", now=now)
                 return self.finish(new, expect=state, event=("RolledBack", True))
-            analysis = self.analyse(state, now)
+            analysis = self.analyse(state, now if at is None else at)
         except MetricsUnavailableError as exc:
             self._fail_to_stable(state, f"metrics unavailable: {exc}", now, exc)
         except (ClusterUnavailableError, PermissionDeniedError) as exc:

@@ -2,28 +2,36 @@
 health endpoints and Prometheus metrics.
 
 Only the leader (holder of the ``canaryctl-leader`` Lease) reconciles; other replicas stand by
-and take over when its lease expires. SIGTERM stops the loop between two writes (each write is
-one atomic patch, so there is nothing half-done to undo), releases the leases and exits 0.
+and take over when its lease expires. With ``shards`` > 1 the VirtualServices are split by a
+hash of namespace/name and each shard has its own leader Lease ``canaryctl-leader-I-of-N``:
+replicas running the same shard index stand by for each other. The leader Lease guards all the
+shard's rollouts (no per-rollout Lease per tick), and reads come from a watch-fed cache when
+the controller's client is a ``CachedKube`` (docs/scale.md). SIGTERM stops the loop between
+two writes (each write is one atomic patch, so there is nothing half-done to undo), releases
+the leases and exits 0.
 """
 
 from __future__ import annotations
 
+import os
+import re
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-import structlog
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from canaryctl.cache import CachedKube
 from canaryctl.controller import Controller
-from canaryctl.errors import CanaryctlError
-from canaryctl.leases import Lease
-from canaryctl.reconcile import reconcile
+from canaryctl.errors import CanaryctlError, UsageError
+from canaryctl.leases import Lease, default_duration
+from canaryctl.logs import get_logger
+from canaryctl.reconcile import Report, reconcile
 from canaryctl.rollout import ACTIVE_PHASES, TERMINAL_PHASES, RolloutState
 
-log = structlog.get_logger("canaryctl.daemon")
+log = get_logger("canaryctl.daemon")
 PHASES = (*ACTIVE_PHASES, *TERMINAL_PHASES)
 
 
@@ -104,6 +112,26 @@ def _reason_class(reason: str) -> str:
     return "analysis_passed" if "passed" in reason else "other"
 
 
+def resolve_shard_index(index: int | None, shards: int) -> int:
+    """``--shard-index``, or the ordinal of a StatefulSet pod's name (``canaryctl-4``, from
+    $HOSTNAME) modulo ``shards``: with 2 x N replicas, two daemons serve each shard."""
+    if shards < 1:
+        raise UsageError(f"--shards: must be at least 1, got {shards}")
+    if index is None:
+        if shards == 1:
+            return 0
+        ordinal = re.search(r"-(\d+)$", os.environ.get("HOSTNAME", ""))
+        if ordinal is None:
+            raise UsageError(
+                "--shard-index: required with --shards > 1 outside a StatefulSet pod "
+                f"(HOSTNAME {os.environ.get('HOSTNAME', '')!r} has no ordinal)"
+            )
+        return int(ordinal.group(1)) % shards
+    if not 0 <= index < shards:
+        raise UsageError(f"--shard-index: must be in 0..{shards - 1}, got {index}")
+    return index
+
+
 class Daemon:
     def __init__(
         self,
@@ -114,18 +142,21 @@ class Daemon:
         lease_namespace: str,
         port: int,
         stop: threading.Event,
+        shard: tuple[int, int] = (0, 1),
     ) -> None:
         self.ctl = ctl
         self.namespace = namespace
         self.interval = interval
         self.stop = stop
+        self.shard = shard
         self.metrics = DaemonMetrics()
+        index, shards = shard
         self.leader = Lease(
             ctl.kube,
             namespace=lease_namespace,
-            name="canaryctl-leader",
+            name="canaryctl-leader" if shards == 1 else f"canaryctl-leader-{index}-of-{shards}",
             holder=ctl.holder,
-            duration=max(15, int(interval * 3)),
+            duration=max(default_duration(), int(interval * 3)),
         )
         self.ready = False
         self.server = ThreadingHTTPServer(("0.0.0.0", port), self._handler())
@@ -162,21 +193,22 @@ class Daemon:
 
         return Handler
 
-    def tick(self) -> None:
+    def tick(self) -> Report | None:
+        """One pass if we lead (its report), else None."""
         now = self.ctl.clock()
         leading = self.leader.acquire(now)
         self.metrics.leader.set(1 if leading else 0)
         if not leading:
             self.ready = True
             log.debug("standby", leader=self.leader.observed_holder)
-            return
+            return None
         started = time.monotonic()
         try:
-            report = reconcile(self.ctl, namespace=self.namespace)
+            report = reconcile(self.ctl, namespace=self.namespace, shard=self.shard, leader=True)
         except CanaryctlError as exc:  # e.g. the LIST failed: nothing to report on
             self.metrics.errors.inc()
             log.error("reconcile.failed", error=exc.message)
-            return
+            return None
         finally:
             self.metrics.duration.observe(time.monotonic() - started)
         if report.infra_errors:
@@ -190,6 +222,7 @@ class Daemon:
                 if self.ready:  # count what ended while we watched, not history found at boot
                     self.metrics.finished.labels(s.phase, _reason_class(s.reason)).inc()
         self.ready = True
+        return report
 
     def serve(self) -> int:
         thread = threading.Thread(target=self.server.serve_forever, daemon=True)
@@ -200,12 +233,18 @@ class Daemon:
             namespace=self.namespace or "*",
             interval=self.interval,
             holder=self.ctl.holder,
+            shard=f"{self.shard[0]}/{self.shard[1]}",
         )
+        kube = self.ctl.kube
         try:
+            if isinstance(kube, CachedKube):
+                kube.start(self.namespace)
             while not self.stop.is_set():
                 self.tick()
                 self.stop.wait(self.interval)
         finally:
+            if isinstance(kube, CachedKube):
+                kube.stop()
             self.leader.release()
             self.server.shutdown()
             log.info("daemon.stop")

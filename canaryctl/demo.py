@@ -14,11 +14,10 @@ import sys
 import time
 from typing import Any
 
-import structlog
-
+from canaryctl.logs import get_logger
 from canaryctl.policy import parse_policy
 
-log = structlog.get_logger("canaryctl.demo")
+log = get_logger("canaryctl.demo")
 
 SCENARIOS = {
     "healthy": "v2 behaves like v1: expect promotion (exit 0)",

@@ -44,11 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import requests
-import structlog
-from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt
-from tenacity import wait_exponential as backoff
-
+from canaryctl.logs import get_logger
 from canaryctl.policy_base import parse_duration as seconds
 from canaryctl.policy_hooks import (
     GATE_KINDS,
@@ -62,16 +58,18 @@ from canaryctl.policy_hooks import (
 )
 from canaryctl.rollout import OUTCOMES, PHASES, Outcome, outcome_of
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # imported on first use: policy validation needs no HTTP client
+    from requests import Session
+    from tenacity import RetryCallState
+
     from canaryctl.analysis import MetricResult
     from canaryctl.rollout import RolloutState
 
-log = structlog.get_logger("canaryctl.hooks")
+log = get_logger("canaryctl.hooks")
 
 _UA = {"User-Agent": "canaryctl"}
 # No redirects (a redirect is not an approval); the body is never read (stream).
 _POST: dict[str, Any] = {"allow_redirects": False, "stream": True, "headers": _UA}
-Session = requests.Session
 
 
 class UrlFileError(ValueError):
@@ -209,6 +207,11 @@ def post_json(
     """POST ``body`` with retries; ``ok`` only for 2xx. Never raises (notify uses it too).
     ``label`` (name, type, endpoint: never the URL) goes into the retry logs."""
     attempts, name = 0, str(label.get("name", ""))
+    # imported here: policy validation imports this module and needs no HTTP client
+    import requests
+    from tenacity import Retrying, retry_if_exception_type, stop_after_attempt
+    from tenacity import wait_exponential as backoff
+
     s = session if session is not None else requests.Session()
 
     def before_sleep(rs: RetryCallState) -> None:

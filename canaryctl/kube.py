@@ -9,24 +9,17 @@ The urllib3 retries of the client are switched off so that there is one retry po
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import os
+import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any, TypeVar
+from urllib.parse import quote
 
-import structlog
 import urllib3
-from kubernetes import client, config
-from kubernetes.client.exceptions import ApiException
-from kubernetes.config.config_exception import ConfigException
-from tenacity import (
-    RetryCallState,
-    Retrying,
-    retry_if_exception_type,
-    stop_after_delay,
-    wait_exponential,
-)
 
 from canaryctl.errors import (
     ClusterUnavailableError,
@@ -37,8 +30,31 @@ from canaryctl.errors import (
     TransientError,
     UsageError,
 )
+from canaryctl.logs import get_logger
 
-log = structlog.get_logger("canaryctl.kube")
+
+def _register_kubernetes_package() -> None:
+    """Make ``kubernetes`` importable without running its ``__init__``, which imports every
+    subpackage: the dynamic client (with jsonschema), watch, stream (websockets), leader
+    election, informers. We use ``config`` and ``client.ApiClient`` only; importing just those
+    saves about a third of the package's import time at every command's start. Submodules
+    import as usual; a process that imported the whole package before keeps it."""
+    if "kubernetes" in sys.modules:
+        return
+    spec = importlib.util.find_spec("kubernetes")
+    if spec is not None and spec.submodule_search_locations is not None:
+        sys.modules["kubernetes"] = importlib.util.module_from_spec(spec)
+
+
+_register_kubernetes_package()
+
+from kubernetes import config  # noqa: E402
+from kubernetes.client.api_client import ApiClient  # noqa: E402
+from kubernetes.client.configuration import Configuration  # noqa: E402
+from kubernetes.client.exceptions import ApiException  # noqa: E402
+from kubernetes.config.config_exception import ConfigException  # noqa: E402
+
+log = get_logger("canaryctl.kube")
 T = TypeVar("T")
 
 ISTIO_GROUP = "networking.istio.io"
@@ -56,15 +72,13 @@ def _retry_seconds() -> float:
 
 
 def _as_dict(obj: object) -> dict[str, Any]:
-    """Custom-object calls are typed as ``object``; they return JSON objects."""
+    """The API answers JSON objects; anything else is a broken answer."""
     if not isinstance(obj, dict):
         raise ClusterUnavailableError(f"unexpected answer from the API: {type(obj).__name__}")
     return obj
 
 
 def _status_message(exc: ApiException) -> str:
-    import json
-
     try:
         body = json.loads(exc.body or "{}")
         return str(body.get("message") or exc.reason or "")
@@ -73,22 +87,22 @@ def _status_message(exc: ApiException) -> str:
 
 
 class KubeClient:
-    """Thin, typed wrapper over the generated API classes with one error policy."""
+    """Typed calls for our few resources, sent as plain JSON through the client's ``ApiClient``
+    (kubeconfig, exec/OIDC auth, in-cluster config, TLS), with one error policy. The generated
+    per-group API classes are not used: importing them costs most of a second at start-up and
+    their models would only be converted back to the dicts the pure modules take."""
 
-    def __init__(self, api_client: client.ApiClient, *, retry_seconds: float | None = None):
+    def __init__(self, api_client: ApiClient, *, retry_seconds: float | None = None):
         self.api = api_client
-        self.custom = client.CustomObjectsApi(api_client)
-        self.core = client.CoreV1Api(api_client)
-        self.apps = client.AppsV1Api(api_client)
-        self.coordination = client.CoordinationV1Api(api_client)
-        self.autoscaling = client.AutoscalingV2Api(api_client)
+        # Configuration.host looks the proxy settings up in the environment at every call
+        self._host = api_client.configuration.host
         self.retry_seconds = _retry_seconds() if retry_seconds is None else retry_seconds
         self._istio_version: str | None = None
 
     @classmethod
     def connect(cls, *, kubeconfig: str | None = None, context: str | None = None) -> KubeClient:
         """KUBECONFIG / --kubeconfig / --context; in-cluster config when running in a pod."""
-        cfg = client.Configuration()
+        cfg = Configuration()
         try:
             in_cluster = "KUBERNETES_SERVICE_HOST" in os.environ and not (
                 kubeconfig or context or os.environ.get("KUBECONFIG")
@@ -104,11 +118,67 @@ class KubeClient:
             flag = "--context" if context and "context" in str(exc).lower() else "--kubeconfig"
             raise UsageError(f"{flag}: cannot load Kubernetes config from {where}: {exc}") from None
         cfg.retries = False  # one retry policy: ours
-        return cls(client.ApiClient(configuration=cfg))
+        return cls(ApiClient(configuration=cfg))
+
+    # The generated API classes, for calls not (yet) written as plain requests: each is
+    # imported on first use only, so commands that do not use them do not pay for it.
+    def _generated(self, name: str) -> Any:
+        from kubernetes import client
+
+        return getattr(client, name)(self.api)
+
+    custom = property(lambda self: self._generated("CustomObjectsApi"))
+    core = property(lambda self: self._generated("CoreV1Api"))
+    apps = property(lambda self: self._generated("AppsV1Api"))
+    coordination = property(lambda self: self._generated("CoordinationV1Api"))
 
     def _plain(self, obj: Any) -> Any:
         """Generated model objects -> plain JSON-like dicts (what the pure modules take)."""
         return self.api.sanitize_for_serialization(obj)  # type: ignore[no-untyped-call]
+
+    def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        query: dict[str, Any] | None = None,
+        body: Any = None,
+        content_type: str = "application/json",
+        timeout: Any = REQUEST_TIMEOUT,
+    ) -> Any:
+        """One request; the raw urllib3 response (not read yet: a watch streams it)."""
+        headers = {"Accept": "application/json"}
+        if body is not None:
+            headers["Content-Type"] = content_type
+        request = self.api.param_serialize(
+            method,
+            path,
+            query_params=list((query or {}).items()) or None,
+            header_params=headers,
+            body=body,
+            auth_settings=["BearerToken"],
+            _host=self._host,
+        )
+        resp: Any = self.api.call_api(*request, _request_timeout=timeout)
+        if not 200 <= resp.status <= 299:
+            text = resp.read().decode("utf-8", "replace")
+            raise ApiException.from_response(http_resp=resp, body=text, data=None)
+        return resp.response
+
+    def _json(self, method: str, path: str, **kw: Any) -> dict[str, Any]:
+        raw = self._send(method, path, **kw)
+        try:
+            return _as_dict(json.loads(raw.data or b"{}"))
+        except ValueError as exc:
+            raise TransientError(f"{method} {path}: malformed answer: {exc}") from exc
+
+    def _request(
+        self, verb: str, resource: str, method: str, path: str, **kw: Any
+    ) -> dict[str, Any]:
+        """``method path`` (JSON in, JSON out) under the one error policy; ``verb resource``
+        name it in errors ("get", 'leases "x" in namespace y')."""
+        retry = kw.pop("retry", True)
+        return self._call(verb, resource, lambda: self._json(method, path, **kw), retry=retry)
 
     # --- the one error policy ---------------------------------------------------------------
     def _call(self, verb: str, resource: str, fn: Callable[[], T], *, retry: bool = True) -> T:
@@ -122,6 +192,17 @@ class KubeClient:
 
         if not retry:
             return once()
+        try:  # the first attempt needs no retry machinery (importing it costs start-up time)
+            return once()
+        except TransientError as exc:
+            failed = [exc]  # tenacity's first attempt: logged, waited on, then retried
+        from tenacity import (
+            RetryCallState,
+            Retrying,
+            retry_if_exception_type,
+            stop_after_delay,
+            wait_exponential,
+        )
 
         def before_sleep(rs: RetryCallState) -> None:
             exc = rs.outcome.exception() if rs.outcome else None
@@ -142,6 +223,8 @@ class KubeClient:
                 reraise=True,
             ):
                 with attempt:
+                    if failed:
+                        raise failed.pop()
                     return once()
         except TransientError as exc:
             raise ClusterUnavailableError(
@@ -165,22 +248,84 @@ class KubeClient:
             return TransientError(f"{verb} {resource}: HTTP {status}: {msg}")
         return InfraError(f"{verb} {resource} rejected (HTTP {status}): {msg}")
 
+    # --- paths -----------------------------------------------------------------------------
+    @staticmethod
+    def _path(
+        group_version: str, plural: str, namespace: str | None, name: str | None = None
+    ) -> str:
+        """``/api/v1/...`` or ``/apis/GROUP/VERSION/...`` of a collection or of one object."""
+        root = "/api/v1" if group_version == "v1" else f"/apis/{group_version}"
+        where = f"/namespaces/{quote(namespace, safe='')}" if namespace else ""
+        return f"{root}{where}/{plural}" + (f"/{quote(name, safe='')}" if name else "")
+
+    def _istio_path(self, plural: str, namespace: str | None, name: str | None = None) -> str:
+        version = self.istio_version(namespace or "default")
+        return self._path(f"{ISTIO_GROUP}/{version}", plural, namespace, name)
+
+    # --- list + watch (the daemon's cache, cache.py) --------------------------------------
+    def api_version_of(self, plural: str, namespace: str | None) -> str:
+        """The group/version we read ``plural`` at (Istio's depends on the cluster)."""
+        if plural in ("virtualservices", "destinationrules"):
+            return f"{ISTIO_GROUP}/{self.istio_version(namespace or 'default')}"
+        return {"deployments": "apps/v1", "leases": "coordination.k8s.io/v1"}[plural]
+
+    def list_objects(self, plural: str, namespace: str | None) -> dict[str, Any]:
+        """A whole collection, with the resourceVersion a watch continues from."""
+        where = f"in namespace {namespace}" if namespace else "in all namespaces"
+        path = self._path(self.api_version_of(plural, namespace), plural, namespace)
+        return self._request("list", f"{plural} {where}", "GET", path)
+
+    def watch_objects(
+        self, plural: str, namespace: str | None, *, resource_version: str, timeout: int
+    ) -> Iterator[dict[str, Any]]:
+        """The changes after ``resource_version`` as ``{"type", "object"}`` events, until the
+        server ends the watch (after about ``timeout`` seconds). Opening it follows the one
+        error policy; a broken stream raises ``TransientError`` (the caller watches again)."""
+        where = f"in namespace {namespace}" if namespace else "in all namespaces"
+        path = self._path(self.api_version_of(plural, namespace), plural, namespace)
+        query = {
+            "watch": "true",
+            "resourceVersion": resource_version,
+            "timeoutSeconds": timeout,
+            "allowWatchBookmarks": "true",
+        }
+
+        def open_watch() -> Any:
+            try:
+                return self._send("GET", path, query=query, timeout=(5.0, timeout + 30.0))
+            except ApiException as exc:
+                if exc.status == 410:  # some servers refuse a too old version up front
+                    return None
+                raise
+
+        raw = self._call("watch", f"{plural} {where}", open_watch)
+        if raw is None:
+            yield {"type": "ERROR", "object": {"kind": "Status", "code": 410, "reason": "Expired"}}
+            return
+        buffered = b""
+        try:
+            for chunk in raw.stream(64 * 1024):
+                buffered += chunk
+                *lines, buffered = buffered.split(b"\n")
+                for line in lines:
+                    if line.strip():
+                        yield json.loads(line)
+        except (urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
+            raise TransientError(f"watch {plural} {where}: {type(exc).__name__}: {exc}") from exc
+        finally:
+            raw.release_conn()
+
     # --- Istio ------------------------------------------------------------------------------
     def istio_version(self, namespace: str) -> str:
         """networking.istio.io/v1 when served (Istio >= 1.22), else v1beta1."""
         if self._istio_version is None:
             try:
-                self._call(
+                self._request(
                     "list",
                     "virtualservices.networking.istio.io/v1",
-                    lambda: self.custom.list_namespaced_custom_object(
-                        ISTIO_GROUP,
-                        "v1",
-                        namespace,
-                        "virtualservices",
-                        limit=1,
-                        _request_timeout=REQUEST_TIMEOUT,
-                    ),
+                    "GET",
+                    self._path(f"{ISTIO_GROUP}/v1", "virtualservices", namespace),
+                    query={"limit": 1},
                 )
                 self._istio_version = "v1"
             except NotFoundError:
@@ -188,121 +333,83 @@ class KubeClient:
         return self._istio_version
 
     def list_istio(self, plural: str, namespace: str | None) -> list[dict[str, Any]]:
-        version = self.istio_version(namespace or "default")
         where = f"in namespace {namespace}" if namespace else "in all namespaces"
-        if namespace is None:
-            res = self._call(
-                "list",
-                f"{plural}.{ISTIO_GROUP} {where}",
-                lambda: self.custom.list_cluster_custom_object(
-                    ISTIO_GROUP, version, plural, _request_timeout=REQUEST_TIMEOUT
-                ),
-            )
-        else:
-            res = self._call(
-                "list",
-                f"{plural}.{ISTIO_GROUP} {where}",
-                lambda: self.custom.list_namespaced_custom_object(
-                    ISTIO_GROUP, version, namespace, plural, _request_timeout=REQUEST_TIMEOUT
-                ),
-            )
-        return list(_as_dict(res).get("items", []))
+        res = self._request(
+            "list", f"{plural}.{ISTIO_GROUP} {where}", "GET", self._istio_path(plural, namespace)
+        )
+        return list(res.get("items") or [])
 
     def get_virtual_service(self, namespace: str, name: str) -> dict[str, Any]:
-        version = self.istio_version(namespace)
-        return _as_dict(
-            self._call(
-                "get",
-                f'virtualservices.{ISTIO_GROUP} "{name}" in namespace {namespace}',
-                lambda: self.custom.get_namespaced_custom_object(
-                    ISTIO_GROUP,
-                    version,
-                    namespace,
-                    "virtualservices",
-                    name,
-                    _request_timeout=REQUEST_TIMEOUT,
-                ),
-            )
+        return self._request(
+            "get",
+            f'virtualservices.{ISTIO_GROUP} "{name}" in namespace {namespace}',
+            "GET",
+            self._istio_path("virtualservices", namespace, name),
         )
 
     def patch_virtual_service(
         self, namespace: str, name: str, ops: list[dict[str, Any]]
     ) -> dict[str, Any]:
-        """One RFC 6902 JSON patch. The content type is passed explicitly: the generated client
-        would send merge-patch for a list body, which a real API server rejects."""
-        version = self.istio_version(namespace)
-        return _as_dict(
-            self._call(
-                "patch",
-                f'virtualservices.{ISTIO_GROUP} "{name}" in namespace {namespace}',
-                lambda: self.custom.patch_namespaced_custom_object(
-                    ISTIO_GROUP,
-                    version,
-                    namespace,
-                    "virtualservices",
-                    name,
-                    ops,
-                    _content_type=JSON_PATCH,
-                    _request_timeout=REQUEST_TIMEOUT,
-                ),
-            )
+        """One RFC 6902 JSON patch, sent with its own content type (a real API server rejects
+        a list body sent as merge-patch)."""
+        return self._request(
+            "patch",
+            f'virtualservices.{ISTIO_GROUP} "{name}" in namespace {namespace}',
+            "PATCH",
+            self._istio_path("virtualservices", namespace, name),
+            body=ops,
+            content_type=JSON_PATCH,
         )
 
     # --- core / apps ------------------------------------------------------------------------
     def list_deployments(self, namespace: str) -> list[dict[str, Any]]:
-        res = self._call(
+        res = self._request(
             "list",
             f"deployments.apps in namespace {namespace}",
-            lambda: self.apps.list_namespaced_deployment(
-                namespace, _request_timeout=REQUEST_TIMEOUT
-            ),
+            "GET",
+            self._path("apps/v1", "deployments", namespace),
         )
-        return [self._plain(d) for d in res.items]
+        return list(res.get("items") or [])
 
     # --- clean-up: scaling (finish.py) ---------------------------------------------------------
     def scale_deployment(self, namespace: str, name: str, replicas: int) -> dict[str, Any]:
         """Set replicas through the ``scale`` subresource (RBAC ``patch deployments/scale``, not
         ``patch deployments``), as ``kubectl scale`` does; returns the autoscaling/v1 Scale."""
         ops = [{"op": "replace", "path": "/spec/replicas", "value": replicas}]
-        res = self._call(
+        return self._request(
             "patch",
             f'deployments.apps/scale "{name}" in namespace {namespace}',
-            lambda: self.apps.patch_namespaced_deployment_scale(
-                name, namespace, ops, _content_type=JSON_PATCH, _request_timeout=REQUEST_TIMEOUT
-            ),
+            "PATCH",
+            self._path("apps/v1", "deployments", namespace, name) + "/scale",
+            body=ops,
+            content_type=JSON_PATCH,
         )
-        return dict(self._plain(res))
 
     def list_hpas(self, namespace: str) -> list[dict[str, Any]]:
         """autoscaling/v2 HorizontalPodAutoscalers: one targeting a Deployment owns its replicas."""
-        res = self._call(
+        res = self._request(
             "list",
             f"horizontalpodautoscalers.autoscaling in namespace {namespace}",
-            lambda: self.autoscaling.list_namespaced_horizontal_pod_autoscaler(
-                namespace, _request_timeout=REQUEST_TIMEOUT
-            ),
+            "GET",
+            self._path("autoscaling/v2", "horizontalpodautoscalers", namespace),
         )
-        return [self._plain(h) for h in res.items]
+        return list(res.get("items") or [])
 
     def get_service(self, namespace: str, name: str) -> dict[str, Any]:
-        res = self._call(
+        return self._request(
             "get",
             f'services "{name}" in namespace {namespace}',
-            lambda: self.core.read_namespaced_service(
-                name, namespace, _request_timeout=REQUEST_TIMEOUT
-            ),
+            "GET",
+            self._path("v1", "services", namespace, name),
         )
-        return dict(self._plain(res))
 
     def get_config_map(self, namespace: str, name: str) -> dict[str, Any]:
-        res = self._call(
+        return self._request(
             "get",
             f'configmaps "{name}" in namespace {namespace}',
-            lambda: self.core.read_namespaced_config_map(
-                name, namespace, _request_timeout=REQUEST_TIMEOUT
-            ),
+            "GET",
+            self._path("v1", "configmaps", namespace, name),
         )
-        return dict(self._plain(res))
 
     def create_event(
         self,
@@ -315,37 +422,41 @@ class KubeClient:
     ) -> None:
         """A core/v1 Event on the object, so ``kubectl describe`` tells the story.
         Best effort: an event that cannot be written is logged, never fatal."""
-        now = datetime.now(UTC)
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         meta = involved.get("metadata", {})
-        body = client.CoreV1Event(
-            metadata=client.V1ObjectMeta(
-                name=f"{meta.get('name', 'canaryctl')}.{time.time_ns():x}", namespace=namespace
-            ),
-            involved_object=client.V1ObjectReference(
-                api_version=involved.get("apiVersion"),
-                kind=involved.get("kind", "VirtualService"),
-                name=meta.get("name"),
-                namespace=namespace,
-                uid=meta.get("uid"),
-                resource_version=meta.get("resourceVersion"),
-            ),
-            reason=reason,
-            message=message[:1024],
-            type="Warning" if warning else "Normal",
-            source=client.V1EventSource(component="canaryctl"),
-            reporting_component="canaryctl",
-            reporting_instance=os.environ.get("HOSTNAME", "canaryctl"),
-            first_timestamp=now,
-            last_timestamp=now,
-            count=1,
-        )
+        ref = {
+            "apiVersion": involved.get("apiVersion"),
+            "kind": involved.get("kind", "VirtualService"),
+            "name": meta.get("name"),
+            "namespace": namespace,
+            "uid": meta.get("uid"),
+            "resourceVersion": meta.get("resourceVersion"),
+        }
+        body = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {
+                "name": f"{meta.get('name', 'canaryctl')}.{time.time_ns():x}",
+                "namespace": namespace,
+            },
+            "involvedObject": {k: v for k, v in ref.items() if v is not None},
+            "reason": reason,
+            "message": message[:1024],
+            "type": "Warning" if warning else "Normal",
+            "source": {"component": "canaryctl"},
+            "reportingComponent": "canaryctl",
+            "reportingInstance": os.environ.get("HOSTNAME", "canaryctl"),
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
         try:
-            self._call(
+            self._request(
                 "create",
                 f"events in namespace {namespace}",
-                lambda: self.core.create_namespaced_event(
-                    namespace, body, _request_timeout=REQUEST_TIMEOUT
-                ),
+                "POST",
+                self._path("v1", "events", namespace),
+                body=body,
                 retry=False,
             )
         except Exception as exc:
@@ -354,39 +465,30 @@ class KubeClient:
     # --- leases -----------------------------------------------------------------------------
     def get_lease(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
-            res = self._call(
+            return self._request(
                 "get",
                 f'leases.coordination.k8s.io "{name}" in namespace {namespace}',
-                lambda: self.coordination.read_namespaced_lease(
-                    name, namespace, _request_timeout=REQUEST_TIMEOUT
-                ),
+                "GET",
+                self._path("coordination.k8s.io/v1", "leases", namespace, name),
             )
         except NotFoundError:
             return None
-        return dict(self._plain(res))
 
     def create_lease(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
-        res = self._call(
+        return self._request(
             "create",
             f"leases.coordination.k8s.io in namespace {namespace}",
-            lambda: self.coordination.create_namespaced_lease(
-                namespace,
-                body,  # type: ignore[arg-type]
-                _request_timeout=REQUEST_TIMEOUT,
-            ),
+            "POST",
+            self._path("coordination.k8s.io/v1", "leases", namespace),
+            body=body,
         )
-        return dict(self._plain(res))
 
     def replace_lease(self, namespace: str, name: str, body: dict[str, Any]) -> dict[str, Any]:
         """PUT with the resourceVersion read before: 409 when someone else renewed it."""
-        res = self._call(
+        return self._request(
             "update",
             f'leases.coordination.k8s.io "{name}" in namespace {namespace}',
-            lambda: self.coordination.replace_namespaced_lease(
-                name,
-                namespace,
-                body,  # type: ignore[arg-type]
-                _request_timeout=REQUEST_TIMEOUT,
-            ),
+            "PUT",
+            self._path("coordination.k8s.io/v1", "leases", namespace, name),
+            body=body,
         )
-        return dict(self._plain(res))

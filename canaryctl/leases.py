@@ -17,12 +17,11 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-import structlog
-
 from canaryctl.errors import ConflictError, LeaseHeldError
 from canaryctl.kube import KubeClient
+from canaryctl.logs import get_logger
 
-log = structlog.get_logger("canaryctl.lease")
+log = get_logger("canaryctl.lease")
 DEFAULT_DURATION = 15  # seconds; renewed every duration/3
 
 
@@ -100,19 +99,30 @@ class Lease:
             },
         }
 
+    def _held_elsewhere(self, current: dict[str, Any] | None, now: float) -> bool:
+        spec = (current or {}).get("spec") or {}
+        holder = spec.get("holderIdentity")
+        expires = _parse(spec.get("renewTime")) + float(
+            spec.get("leaseDurationSeconds") or self.duration
+        )
+        if holder and holder != self.holder and expires > now:
+            self.observed_holder = holder
+            return True
+        return False
+
+    def held_elsewhere(self, now: float) -> bool:
+        """Another live process holds it. Read only: for a daemon, whose leader lease already
+        keeps its replicas apart, and which must only stay off rollouts that a ``promote``
+        (or another process) is driving."""
+        return self._held_elsewhere(self.kube.get_lease(self.namespace, self.name), now)
+
     def acquire(self, now: float) -> bool:
         current = self.kube.get_lease(self.namespace, self.name)
         try:
             if current is None:
                 self.kube.create_lease(self.namespace, self._body(now, None))
             else:
-                spec = current.get("spec") or {}
-                holder = spec.get("holderIdentity")
-                expires = _parse(spec.get("renewTime")) + float(
-                    spec.get("leaseDurationSeconds") or self.duration
-                )
-                if holder and holder != self.holder and expires > now:
-                    self.observed_holder = holder
+                if self._held_elsewhere(current, now):
                     self.held = False
                     return False
                 self.kube.replace_lease(self.namespace, self.name, self._body(now, current))

@@ -31,16 +31,16 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-import requests
-import structlog
-
 from canaryctl.hooks import deliver, describe, dest
+from canaryctl.logs import get_logger
 from canaryctl.policy_hooks import Event, NotifySpec
 
 if TYPE_CHECKING:
+    import requests
+
     from canaryctl.rollout import RolloutState
 
-log = structlog.get_logger("canaryctl.notify")
+log = get_logger("canaryctl.notify")
 
 TITLES = {
     "start": "Rollout started",

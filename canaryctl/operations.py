@@ -11,8 +11,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-import structlog
-
 from canaryctl import cleanup, finish, followers, rollout
 from canaryctl.controller import Controller, Interrupted, StateChangedError, read_state
 from canaryctl.errors import (
@@ -26,6 +24,7 @@ from canaryctl.errors import (
     UsageError,
 )
 from canaryctl.hooks import UrlFileError, dest, target_url
+from canaryctl.logs import get_logger
 from canaryctl.mesh._base import Workloads
 from canaryctl.mesh.group import Member, mesh_warning
 from canaryctl.mesh.routes import apply_patch, weight_patch, weights_of
@@ -34,7 +33,7 @@ from canaryctl.policy import AnalysisPolicy
 from canaryctl.policy_hooks import UrlSource
 from canaryctl.rollout import ANNOTATION, RolloutState
 
-log = structlog.get_logger("canaryctl")
+log = get_logger("canaryctl")
 
 _EXIT = {"Promoted": EXIT_OK, "RolledBack": EXIT_ROLLED_BACK, "Failed": EXIT_INFRA}
 RESULTS = {"Promoted": "promoted", "RolledBack": "rolled_back", "Failed": "failed"}

@@ -30,6 +30,7 @@ Duration = Annotated[str, Field(description="Duration: 500ms, 4s, 30s, 1m, 1h, 1
 
 
 class StrictModel(BaseModel):
-    """Unknown fields are errors (a typo must not fall back to a default); values are frozen."""
+    """Unknown fields are errors (a typo must not fall back to a default); values are frozen.
+    Validators are built at first use: commands that read no policy do not pay for them."""
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True, defer_build=True)

@@ -15,18 +15,18 @@ too (``cleanup.py``).
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass, field
 from typing import Any
-
-import structlog
 
 from canaryctl import cleanup, finish, followers, operations
 from canaryctl.controller import Controller, RolloutInfraError, StateChangedError, read_state
 from canaryctl.errors import CanaryctlError, InfraError, InputError, NotFoundError, PolicyError
+from canaryctl.logs import get_logger
 from canaryctl.policy import AnalysisPolicy, load_policy, parse_policy_text
 from canaryctl.rollout import APP_ANNOTATION, POLICY_ANNOTATION, PROMOTE_ANNOTATION, RolloutState
 
-log = structlog.get_logger("canaryctl.reconcile")
+log = get_logger("canaryctl.reconcile")
 
 
 @dataclass
@@ -121,17 +121,25 @@ def _start(ctl: Controller, vs: dict[str, Any]) -> Outcome:
     return _outcome(res.state, "started", res.message)
 
 
-def _advance(ctl: Controller, state: RolloutState, now: float) -> Outcome:
+def _due(state: RolloutState | None, now: float) -> bool:
+    """Analysed in this pass (Waiting rollouts are too: their gates are asked again)."""
+    return state is not None and state.active and state.phase != "Paused" and now >= state.due_at()
+
+
+def _advance(ctl: Controller, state: RolloutState, now: float, *, leader: bool = False) -> Outcome:
+    """One step of a rollout, analysed as of ``now`` (the pass's instant). Without ``leader``
+    the rollout's Lease is taken for the step; with it (a daemon holding its leader Lease) the
+    rollout's Lease is only checked, so a ``promote`` driving it is left alone (docs/scale.md)."""
     if state.phase == "Paused":
-        return _outcome(state, "skipped", "paused")  # Waiting rollouts are analysed: gates re-asked
-    if now < state.due_at():
+        return _outcome(state, "skipped", "paused")
+    if not _due(state, now):
         return _outcome(state, "skipped", f"next analysis in {state.due_at() - now:.0f}s")
     lease = ctl.lease_for(state)
-    if not lease.acquire(now):
+    if lease.held_elsewhere(ctl.clock()) if leader else not lease.acquire(ctl.clock()):
         return _outcome(state, "skipped", f"lease held by {lease.observed_holder}")
     try:
         try:
-            new = ctl.step(state)  # the listed state; a newer one is a StateChangedError
+            new = ctl.step(state, at=now)  # the listed state; a newer one: StateChangedError
         except StateChangedError as exc:
             latest = exc.state or state
             return _outcome(latest, "skipped", "changed by another actor meanwhile")
@@ -182,10 +190,43 @@ def _clean_up(ctl: Controller, state: RolloutState) -> Outcome:
     return _outcome(new, "cleanup", f"pending: {detail}" if left else "clean-up complete")
 
 
-def reconcile(ctl: Controller, *, namespace: str | None) -> Report:
+def _listed_state(vs: dict[str, Any]) -> RolloutState | None:
+    try:
+        return read_state(vs)
+    except CanaryctlError:
+        return None  # reported by the pass
+
+
+def shard_of(namespace: str, name: str, shards: int) -> int:
+    """The shard (0..shards-1) of a VirtualService: a stable hash of its namespace/name, the
+    same in every replica and every Python process."""
+    return zlib.crc32(f"{namespace}/{name}".encode()) % shards
+
+
+def reconcile(
+    ctl: Controller,
+    *,
+    namespace: str | None,
+    shard: tuple[int, int] = (0, 1),
+    leader: bool = False,
+) -> Report:
+    """One pass over the VirtualServices of ``shard`` (index, count). Every due rollout is
+    analysed as of the pass's start, so their Prometheus queries are asked together, once per
+    metric and window (``Controller.prefetch``). ``leader``: see ``_advance``."""
     report = Report()
-    listed = ctl.router.list(namespace)
-    by_name = {(v["metadata"].get("namespace", ""), v["metadata"]["name"]): v for v in listed}
+    now = ctl.clock()
+    index, shards = shard
+    every = ctl.router.list(namespace)
+    listed = [
+        vs
+        for vs in every
+        if shards == 1
+        or shard_of(vs["metadata"].get("namespace", ""), vs["metadata"]["name"], shards) == index
+    ]
+    due = [s for s in map(_listed_state, listed) if s is not None and _due(s, now)]
+    ctl.prefetch(due, now)
+    # followers are looked up among all VirtualServices: they may hash to another shard
+    by_name = {(v["metadata"].get("namespace", ""), v["metadata"]["name"]): v for v in every}
     for vs in listed:
         meta = vs.get("metadata", {})
         ns, name = meta.get("namespace", namespace or ""), meta.get("name", "")
@@ -206,7 +247,7 @@ def reconcile(ctl: Controller, *, namespace: str | None) -> Report:
                     report.states.append(state)
                 continue
             else:
-                outcome = _advance(ctl, state, ctl.clock())
+                outcome = _advance(ctl, state, now, leader=leader)
         except RolloutInfraError as exc:
             report.infra_errors += 1
             st = exc.state

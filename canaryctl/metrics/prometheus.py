@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import requests
-import structlog
 from tenacity import (
     RetryCallState,
     Retrying,
@@ -32,14 +31,18 @@ from tenacity import (
 
 from canaryctl.analysis import Measurement
 from canaryctl.errors import MetricsUnavailableError, PolicyError, TransientError
+from canaryctl.logs import get_logger
 from canaryctl.metrics._base import QueryContext, WorkloadCounts
 from canaryctl.names import is_subdomain
 from canaryctl.policy import MetricSpec, PrometheusSpec, format_duration, parse_duration
 from canaryctl.stats import counter_increase
 
-log = structlog.get_logger("canaryctl.prometheus")
+log = get_logger("canaryctl.prometheus")
 
 Sample = tuple[dict[str, str], float]
+Series = tuple[dict[str, str], list[tuple[float, float]]]  # labels, [(time, value)]
+REQUESTS = "istio_requests_total"
+BUCKETS = "istio_request_duration_milliseconds_bucket"
 # How far before a window's start to look for the counter's value at the start (Prometheus's
 # own staleness lookback is 5 minutes; scrape intervals are far shorter).
 LOOKBACK_SECONDS = 300
@@ -69,21 +72,52 @@ def selector(namespace: str, workload: str, extra: str = "") -> str:
 
 
 def builtin_query(name: str, *, namespace: str, workload: str, window: str) -> str:
-    sel = selector(namespace, workload)
+    return _builtin(name, selector(namespace, workload), window=window, by="")
+
+
+WORKLOAD_LABELS = ("destination_workload_namespace", "destination_workload")
+GROUP_BY = ", ".join(WORKLOAD_LABELS)
+
+
+def grouped_query(name: str, workloads: list[tuple[str, str]], *, window: str) -> str:
+    """``builtin_query`` for many (namespace, workload) pairs at once, one series per pair
+    (labelled ``WORKLOAD_LABELS``): the value of each series is the value ``builtin_query``
+    gives for that pair, and a pair without data has no series, as it has no sample there."""
+    return _builtin(name, grouped_selector(workloads), window=window, by=GROUP_BY)
+
+
+def grouped_selector(workloads: list[tuple[str, str]]) -> str:
+    """``selector`` for many pairs (a superset when they span namespaces: callers pick)."""
+    namespaces = sorted({checked_name(ns, "namespace") for ns, _ in workloads})
+    names = sorted({checked_name(wl, "workload") for _, wl in workloads})
+    return (
+        f'reporter="destination",destination_workload_namespace=~{_alternatives(namespaces)},'
+        f"destination_workload=~{_alternatives(names)}"
+    )
+
+
+def _alternatives(names: list[str]) -> str:
+    """A PromQL regex string matching exactly these names (DNS-1123: only '.' is special)."""
+    return promql_string("|".join(n.replace(".", "\\.") for n in names))
+
+
+def _builtin(name: str, sel: str, *, window: str, by: str) -> str:
+    """The built-in queries over ``sel``, summed by ``by`` (nothing: one series)."""
+    group = f" by ({by}) " if by else ""
+    total = f"sum{group}(rate(istio_requests_total{{{sel}}}[{window}]))"
     if name == "request-success-rate":
         # 100 - error percentage: with no 5xx series at all the error side is 0, not "no data"
-        err = selector(namespace, workload, 'response_code=~"5.*"')
-        return (
-            f"100 - 100 * (sum(rate(istio_requests_total{{{err}}}[{window}])) or on() vector(0))"
-            f" / sum(rate(istio_requests_total{{{sel}}}[{window}]))"
-        )
+        errors = f'sum{group}(rate(istio_requests_total{{{sel},response_code=~"5.*"}}[{window}]))'
+        no_errors = f"{total} * 0" if by else "on() vector(0)"
+        return f"100 - 100 * ({errors} or {no_errors}) / {total}"
     if name == "request-duration":
+        le = f"{by}, le" if by else "le"
         return (
-            "histogram_quantile(0.99, sum by (le) "
+            f"histogram_quantile(0.99, sum by ({le}) "
             f"(rate(istio_request_duration_milliseconds_bucket{{{sel}}}[{window}])))"
         )
     if name == "request-count":
-        return f"sum(increase(istio_requests_total{{{sel}}}[{window}]))"
+        return f"sum{group}(increase(istio_requests_total{{{sel}}}[{window}]))"
     raise ValueError(f"unknown built-in metric {name}")
 
 
@@ -118,9 +152,11 @@ class PrometheusProvider:
         self.timeout = parse_duration(spec.timeout)
         self.retry_seconds = parse_duration(spec.retryBudget)
         self.session = session or requests.Session()
-        # the canary's request count by (query, evaluation time): every metric of one analysis
-        # needs it, and it is asked once (a provider serves one analysis, see Controller)
-        self._request_counts: dict[tuple[str, float | None], tuple[float | None, str | None]] = {}
+        # answers by (query, evaluation time): the canary's request count, asked once for all
+        # the metrics of an analysis, and what ``prefetch`` fetched for many rollouts at once
+        self._answers: dict[tuple[str, float], tuple[float | None, str | None]] = {}
+        # raw series by (name, namespace, workload, end), with their span: see prefetch_counts
+        self._matrices: dict[tuple[str, str, str, float], tuple[int, list[Series]]] = {}
         self.session.headers.update(spec.headers)
         # passed with every request: a session-level setting loses to REQUESTS_CA_BUNDLE
         self.verify: bool | str = (
@@ -227,6 +263,8 @@ class PrometheusProvider:
 
     def scalar(self, promql: str, *, at: float | None = None) -> tuple[float | None, str | None]:
         """One number, or (None, why) for an empty answer or several series."""
+        if at is not None and (promql, at) in self._answers:
+            return self._answers[(promql, at)]
         samples = self.query(promql, at=at)
         if not samples:
             return None, "no data"
@@ -266,14 +304,45 @@ class PrometheusProvider:
         }
         return render_query(metric.query, variables)
 
+    def prefetch(self, wanted: list[tuple[MetricSpec, QueryContext]]) -> None:
+        """Ask what ``measure`` will ask for these (metric, context) pairs in one query per
+        built-in metric and window (evaluated at the same instant), grouped by workload, and
+        keep each workload's answer as the answer of its own query. Custom queries are asked
+        one by one (a template cannot be grouped safely). Forgets earlier answers."""
+        self._answers.clear()
+        groups: dict[tuple[str, float, float], set[tuple[str, str]]] = {}
+        for metric, ctx in wanted:
+            if ctx.at is None:
+                continue
+            names = ["request-count", metric.name] if metric.builtin else ["request-count"]
+            for name in names:
+                workloads = groups.setdefault((name, ctx.window_seconds, ctx.at), set())
+                workloads.add((ctx.namespace, ctx.canary_workload))
+                if name != "request-count":
+                    workloads.add((ctx.namespace, ctx.stable_workload))
+        for (name, seconds, at), pairs in groups.items():
+            window = format_duration(seconds)
+            by_pair = {
+                (labels.get(WORKLOAD_LABELS[0]), labels.get(WORKLOAD_LABELS[1])): value
+                for labels, value in self.query(
+                    grouped_query(name, sorted(pairs), window=window), at=at
+                )
+            }
+            for ns, wl in pairs:
+                value = by_pair.get((ns, wl))
+                query = builtin_query(name, namespace=ns, workload=wl, window=window)
+                self._answers[(query, at)] = (
+                    (value, None) if value is not None else (None, "no data")
+                )
+
     def measure(self, metric: MetricSpec, ctx: QueryContext) -> Measurement:
         window = format_duration(ctx.window_seconds)
         req_q = builtin_query(
             "request-count", namespace=ctx.namespace, workload=ctx.canary_workload, window=window
         )
-        if ctx.at is None or (req_q, ctx.at) not in self._request_counts:
-            self._request_counts[(req_q, ctx.at)] = self.scalar(req_q, at=ctx.at)
-        requests_value, req_note = self._request_counts[(req_q, ctx.at)]
+        requests_value, req_note = self.scalar(req_q, at=ctx.at)
+        if ctx.at is not None:
+            self._answers[(req_q, ctx.at)] = (requests_value, req_note)
         canary, note = self.scalar(self.render(metric, ctx, ctx.canary_workload), at=ctx.at)
         stable, _ = self.scalar(self.render(metric, ctx, ctx.stable_workload), at=ctx.at)
         if requests_value is None and req_note != "no data":  # e.g. several series: say so
@@ -286,16 +355,44 @@ class PrometheusProvider:
             note=note,
         )
 
-    def _increases(self, series: str, start: float, end: float) -> list[Sample]:
+    def prefetch_counts(
+        self, windows: list[tuple[str, str, float]], *, end: float, buckets: bool
+    ) -> None:
+        """What ``counts`` (and ``bucket_counts`` when ``buckets``) will ask for these
+        (namespace, workload, start) windows ending at ``end``, in one range query per series
+        for all of them (reaching back to the earliest start); each workload's series are kept
+        for its own windows. Forgets earlier answers."""
+        self._matrices.clear()
+        if not windows:
+            return
+        pairs = sorted({(ns, wl) for ns, wl, _ in windows})
+        span = _span(min(start for _, _, start in windows), end)
+        sel = grouped_selector(pairs)
+        for name in (REQUESTS, BUCKETS) if buckets else (REQUESTS,):
+            by_pair: dict[tuple[str, str], list[Series]] = {pair: [] for pair in pairs}
+            for labels, points in self._query_data(f"{name}{{{sel}}}[{span}s]", end, parse=_matrix):
+                key = (labels.get(WORKLOAD_LABELS[0], ""), labels.get(WORKLOAD_LABELS[1], ""))
+                if key in by_pair:
+                    by_pair[key].append((labels, points))
+            for (ns, wl), found in by_pair.items():
+                self._matrices[(name, ns, wl, end)] = (span, found)
+
+    def _increases(
+        self, name: str, *, namespace: str, workload: str, start: float, end: float
+    ) -> list[Sample]:
         """Per-series counter increase between ``start`` and ``end`` from the raw samples
         (no extrapolation). A sample lower than the previous one is a reset: the counter
         restarted from 0, so the increase continues from there and nothing before it is lost.
         A series with no sample before ``start`` appeared in the window (a new pod): it counts
         from 0."""
-        span = max(1, math.ceil(end - start)) + LOOKBACK_SECONDS
-        series_points: list[tuple[dict[str, str], list[tuple[float, float]]]] = self._query_data(
-            f"{series}[{span}s]", end, parse=_matrix
-        )
+        span = _span(start, end)
+        fetched = self._matrices.get((name, namespace, workload, end))
+        if fetched is not None and fetched[0] >= span:
+            series_points = fetched[1]
+        else:
+            series_points = self._query_data(
+                f"{name}{{{selector(namespace, workload)}}}[{span}s]", end, parse=_matrix
+            )
         out: list[Sample] = []
         for labels, points in series_points:
             before = [v for t, v in points if t <= start]
@@ -313,7 +410,7 @@ class PrometheusProvider:
         """Requests and 5xx served by ``workload`` between two instants (counter increases)."""
         total = errors = 0.0
         for labels, inc in self._increases(
-            f"istio_requests_total{{{selector(namespace, workload)}}}", start, end
+            REQUESTS, namespace=namespace, workload=workload, start=start, end=end
         ):
             total += inc
             if labels.get("response_code", "").startswith("5"):
@@ -337,16 +434,19 @@ class PrometheusProvider:
         series reset-aware, see ``_increases``)."""
         inc: dict[float, float] = {}
         for labels, v in self._increases(
-            f"istio_request_duration_milliseconds_bucket{{{selector(namespace, workload)}}}",
-            start,
-            end,
+            BUCKETS, namespace=namespace, workload=workload, start=start, end=end
         ):
             le = float(labels.get("le", "inf").replace("+Inf", "inf"))
             inc[le] = inc.get(le, 0.0) + v
         return inc
 
 
-def _matrix(data: dict[str, Any]) -> list[tuple[dict[str, str], list[tuple[float, float]]]]:
+def _span(start: float, end: float) -> int:
+    """Seconds of raw samples needed for a window: the window and the lookback before it."""
+    return max(1, math.ceil(end - start)) + LOOKBACK_SECONDS
+
+
+def _matrix(data: dict[str, Any]) -> list[Series]:
     """Matrix ``data`` -> (labels, [(time, value)]); ``TransientError`` when malformed."""
     if data.get("resultType") != "matrix":
         raise TransientError(

@@ -10,6 +10,7 @@ CLI imports this package to find the manifests.
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -32,4 +33,40 @@ def load_manifests(directory: Path | None = None) -> list[dict[str, Any]]:
     docs: list[dict[str, Any]] = []
     for path in sorted(directory.glob("*.yaml")):
         docs.extend(doc for doc in yaml.safe_load_all(path.read_text()) if doc)
+    return docs
+
+
+def rest_apl_fleet(
+    namespaces: list[str], *, policy: dict[str, Any], started_at: float
+) -> list[dict[str, Any]]:
+    """rest-apl in each namespace, each with a rollout (of ``policy``, a snapshot) begun at
+    ``started_at`` and recorded on its VirtualService: the world of the scale benchmark and
+    of the daemon's scale tests."""
+    from canaryctl import rollout
+
+    base = load_manifests()
+    docs = []
+    for ns in namespaces:
+        state = rollout.begin(
+            app="rest-apl",
+            namespace=ns,
+            virtual_service="rest-apl-vs",
+            mode="subset",
+            stable={"host": "rest-apl", "subset": "v1"},
+            canary={"host": "rest-apl", "subset": "v2"},
+            stable_workload="rest-apl-v1",
+            canary_workload="rest-apl-v2",
+            policy=policy,
+            current_canary_weight=20,
+            now=started_at,
+        )
+        for doc in copy.deepcopy(base):
+            meta = doc["metadata"]
+            if doc["kind"] == "Namespace":
+                meta["name"] = ns
+            else:
+                meta["namespace"] = ns
+            if doc["kind"] == "VirtualService":
+                meta.setdefault("annotations", {})[rollout.ANNOTATION] = state.to_json()
+            docs.append(doc)
     return docs

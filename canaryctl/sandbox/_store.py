@@ -11,6 +11,7 @@ server thread while tests set up and assert from theirs.
 from __future__ import annotations
 
 import builtins
+import collections
 import copy
 import random
 import string
@@ -23,6 +24,10 @@ from canaryctl.sandbox import _api, _objects
 from canaryctl.sandbox._api import ApiError, Kind, Obj
 
 Key = tuple[str, str, str, str]  # group, plural, namespace ("" if cluster-scoped), name
+Event = tuple[int, str, Key, "Obj"]  # resourceVersion, ADDED/MODIFIED/DELETED, key, object
+# Changes kept for watches that resume from a resourceVersion; older ones are compacted away,
+# as etcd does, and a watch from before them is answered 410 Gone (the client must re-list).
+WATCH_HISTORY = 20_000
 
 _NOT_FOUND = "the server could not find the requested resource"
 
@@ -36,6 +41,8 @@ class ObjectStore:
         self._objects: dict[Key, Obj] = {}
         self._rv = 0
         self._unavailable: set[tuple[str, str]] = set()
+        self._events: collections.deque[Event] = collections.deque(maxlen=WATCH_HISTORY)
+        self._compacted = 0  # changes up to this resourceVersion are no longer in _events
         for kind in kinds:
             self.register_kind(kind)
 
@@ -198,10 +205,10 @@ class ObjectStore:
                 if (preconditions or {}).get(field) not in (None, meta[field]):
                     raise _conflict(kind, name, f"Precondition failed: {field}")
             if not dry_run:
-                del self._objects[_key(kind, namespace, name)]
+                self._drop(_key(kind, namespace, name))
                 if kind.plural == "namespaces" and not kind.group:  # the namespace controller
                     for key in [k for k in self._objects if k[2] == name]:
-                        del self._objects[key]
+                        self._drop(key)
         details = {"name": name, "group": kind.group, "kind": kind.plural, "uid": meta["uid"]}
         return {
             "apiVersion": "v1",
@@ -250,7 +257,38 @@ class ObjectStore:
         """Delete without a request (e.g. "someone deleted the VirtualService")."""
         kind = self.kind_for(api_version, kind_name)
         with self.lock:
-            return self._objects.pop(_key(kind, namespace, name), None) is not None
+            return self._drop(_key(kind, namespace, name))
+
+    # --- watch ----------------------------------------------------------------------------
+
+    def resource_version(self) -> int:
+        with self.lock:
+            return self._rv
+
+    def changes(
+        self, kind: Kind, namespace: str | None, since: int, api_version: str
+    ) -> builtins.list[tuple[str, Obj]]:
+        """(type, object) of every change to ``kind`` (in ``namespace``, or all) after
+        resourceVersion ``since``, oldest first; 410 Gone when some were compacted away."""
+        with self.lock:
+            if since < self._compacted:
+                raise ApiError(
+                    410, "Expired", f"too old resource version: {since} ({self._compacted})"
+                )
+            later = []
+            for rv, change, key, obj in reversed(self._events):  # newest first: stop at since
+                if rv <= since:
+                    break
+                if key[:2] == (kind.group, kind.plural) and namespace in (None, key[2]):
+                    later.append((change, _render(obj, api_version)))
+            return later[::-1]
+
+    def compact(self) -> None:
+        """Forget the change history, as etcd compaction does: watches from before now get
+        410 Gone."""
+        with self.lock:
+            self._events.clear()
+            self._compacted = self._rv
 
     def set_deployment_available(self, namespace: str, name: str, available: bool) -> Obj:
         """Play the deployment controller: all replicas ready, or none; bumps the RV."""
@@ -326,8 +364,26 @@ class ObjectStore:
             return new
         self._rv += 1
         meta["resourceVersion"] = str(self._rv)
-        self._objects[_key(kind, meta.get("namespace"), meta["name"])] = new
+        key = _key(kind, meta.get("namespace"), meta["name"])
+        self._objects[key] = new
+        self._record("ADDED" if old is None else "MODIFIED", key, new)
         return new
+
+    def _drop(self, key: Key) -> bool:
+        """Delete a stored object; its DELETED change gets a new resourceVersion."""
+        obj = self._objects.pop(key, None)
+        if obj is None:
+            return False
+        self._rv += 1
+        obj = copy.deepcopy(obj)
+        obj["metadata"]["resourceVersion"] = str(self._rv)
+        self._record("DELETED", key, obj)
+        return True
+
+    def _record(self, change: str, key: Key, obj: Obj) -> None:
+        if len(self._events) == self._events.maxlen:
+            self._compacted = self._events[0][0]
+        self._events.append((self._rv, change, key, copy.deepcopy(obj)))
 
 
 def _key(kind: Kind, namespace: str | None, name: str) -> Key:

@@ -10,7 +10,10 @@ tests need from "the cluster": a log of writes, injected faults, and an RBAC all
 
 Resource URLs are parsed here, not by kmock: kmock 0.8 fails on ``/api/v1/namespaces`` (500) and
 reads ``/api/v1/namespaces/x`` as a request inside namespace x. kmock's ``objects`` store stays
-empty. There is no watch (405): canaryctl polls.
+empty (and kmock's own watch streams none of our objects), so watches are served here too:
+``?watch=true&resourceVersion=RV`` streams ``{"type", "object"}`` lines for every change after
+RV, and answers a resourceVersion older than the kept history (``ObjectStore.compact``) with an
+``ERROR`` event holding a 410 ``Expired`` Status, as a real API server does.
 
 ``EmulatorServer`` runs it on loopback, in a thread with its own event loop, so the synchronous
 ``kubernetes`` client and subprocesses can use it like a cluster.
@@ -23,6 +26,7 @@ import builtins
 import json
 import re
 import threading
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +48,8 @@ MUTATING_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 DEFAULT_NAMESPACES = ("default", "kube-system", "kube-public", "istio-system")
 DEFAULT_USER = "system:serviceaccount:default:canaryctl"
 _NOT_FOUND = ApiError(404, "NotFound", "the server could not find the requested resource")
+WATCH_TIMEOUT = 1800.0  # seconds a watch lasts when the client gives no timeoutSeconds
+WATCH_POLL = 0.02  # seconds between looks for changes
 
 
 @dataclass(frozen=True)
@@ -93,6 +99,7 @@ class StrictEmulator(kmock.KubernetesEmulator):
     _writes: builtins.list[WriteRecord] = attrs.field(factory=list, init=False)
     _faults: builtins.list[_Fault] = attrs.field(factory=list, init=False)
     _rbac: frozenset[tuple[str, str, str]] | None = attrs.field(default=None, init=False)
+    closing: threading.Event = attrs.field(factory=threading.Event, init=False)  # ends watches
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -232,12 +239,55 @@ class StrictEmulator(kmock.KubernetesEmulator):
         if target is None:  # kmock would treat a write here as one to its own (unused) store
             return aiohttp.web.json_response(_NOT_FOUND.status(), status=404), False
         try:
+            if method == "GET" and raw.query.get("watch") in ("true", "1"):
+                return await self._watch(raw, target), False
             if has_body and data is None:
                 raise ApiError(400, "BadRequest", "the request body is not valid JSON")
             payload, code = self._dispatch(method, target, dict(raw.query), content_type, data)
         except ApiError as exc:
             payload, code = exc.status(), exc.code
         return aiohttp.web.json_response(payload, status=code), False
+
+    async def _watch(
+        self, raw: aiohttp.web.BaseRequest, target: _api.ResourceUrl
+    ) -> aiohttp.web.StreamResponse:
+        """A watch: changes after ``resourceVersion`` (unset or "0": the current objects as
+        ADDED first), one JSON line each, until ``timeoutSeconds`` or the client leaves."""
+        kind = self.store.kind_at(target.group, target.version, target.plural)
+        if target.name or (target.namespace is not None and not kind.namespaced):
+            raise _NOT_FOUND
+        self._authorize("watch", kind, target)
+        api_version = kind.api_version(target.version)
+        try:
+            since = int(raw.query.get("resourceVersion") or 0)
+            timeout = float(raw.query.get("timeoutSeconds") or WATCH_TIMEOUT)
+        except ValueError:
+            raise ApiError(400, "BadRequest", "invalid resourceVersion or timeoutSeconds") from None
+        response = aiohttp.web.StreamResponse(headers={"Content-Type": "application/json"})
+        await response.prepare(raw)
+        changes: builtins.list[tuple[str, Obj]] = []
+        if since == 0:
+            since = self.store.resource_version()
+            listed = self.store.list(kind, target.namespace, api_version)["items"]
+            changes = [("ADDED", obj) for obj in listed]
+        deadline = asyncio.get_running_loop().time() + timeout
+        try:
+            while True:
+                for change, obj in changes:
+                    line = json.dumps({"type": change, "object": obj}) + "\n"
+                    await response.write(line.encode())
+                    since = max(since, int(obj["metadata"]["resourceVersion"]))
+                if asyncio.get_running_loop().time() >= deadline or self.closing.is_set():
+                    break
+                await asyncio.sleep(WATCH_POLL)
+                changes = self.store.changes(kind, target.namespace, since, api_version)
+        except ApiError as exc:  # too old: the client must list again
+            line = json.dumps({"type": "ERROR", "object": exc.status()}) + "\n"
+            await response.write(line.encode())
+        except ConnectionResetError:  # the client left
+            return response
+        await response.write_eof()
+        return response
 
     def _take_fault(self, method: str, path: str) -> _Fault | None:
         with self._guard:
@@ -338,6 +388,11 @@ class EmulatorServer(LoopbackServer):
     def __init__(self, emulator: StrictEmulator | None = None, *, host: str = "127.0.0.1") -> None:
         self.emulator = emulator if emulator is not None else StrictEmulator()
         super().__init__(self.emulator, name="the Kubernetes API emulator", host=host)
+
+    def __exit__(self, *_exc: object) -> None:
+        self.emulator.closing.set()  # open watches end before the server stops
+        time.sleep(3 * WATCH_POLL)
+        super().__exit__()
 
     def write_kubeconfig(self, path: str | Path, *, namespace: str = "default") -> Path:
         """A kubeconfig (context ``sandbox``) pointing at this server, with a fake token."""

@@ -511,3 +511,44 @@ def test_scale_rbac_is_its_own_resource_and_hpas_are_listed(
     )
     hpas = AutoscalingV2Api(kube_api).list_namespaced_horizontal_pod_autoscaler(NS).items
     assert [h.spec.scale_target_ref.name for h in hpas] == ["rest-apl-v2"]
+
+
+def test_watch_streams_later_changes_and_answers_410_after_compaction(
+    kube_api: ApiClient, emulator: EmulatorServer
+) -> None:
+    """A watch from a list's resourceVersion gets exactly the later changes, as the real
+    client's ``Watch`` parses them; once the history is compacted, a watch from that version
+    gets an ERROR event holding a 410 Expired Status (the client must list again)."""
+    from kubernetes import watch
+
+    api = CustomObjectsApi(kube_api)
+    rv = api.list_namespaced_custom_object(*ISTIO, NS, "virtualservices")["metadata"][
+        "resourceVersion"
+    ]
+    patch_vs(kube_api, weights_patch(get_vs(kube_api)["metadata"]["resourceVersion"], 50, 50))
+    emulator.delete("networking.istio.io/v1", "VirtualService", NS, VS)
+    events = list(
+        watch.Watch().stream(
+            api.list_namespaced_custom_object,
+            *ISTIO,
+            NS,
+            "virtualservices",
+            resource_version=rv,
+            timeout_seconds=1,
+        )
+    )
+    assert [(e["type"], e["object"]["metadata"]["name"]) for e in events] == [
+        ("MODIFIED", VS),
+        ("DELETED", VS),
+    ]
+    assert events[0]["object"]["spec"]["http"][0]["route"][1]["weight"] == 50
+    emulator.emulator.store.compact()
+    stale = requests.get(
+        f"{emulator.url}/apis/networking.istio.io/v1/namespaces/{NS}/virtualservices",
+        params={"watch": "true", "resourceVersion": rv, "timeoutSeconds": "1"},
+        headers={"Authorization": "Bearer sandbox-token"},
+        timeout=10,
+    )
+    first = yaml.safe_load(stale.text.splitlines()[0])
+    assert first["type"] == "ERROR"
+    assert (first["object"]["code"], first["object"]["reason"]) == (410, "Expired")

@@ -70,6 +70,19 @@ CALLS: dict[str, set[tuple[str, str, str]]] = {
     "get_lease": {("coordination.k8s.io", "leases", "get")},
     "create_lease": {("coordination.k8s.io", "leases", "create")},
     "replace_lease": {("coordination.k8s.io", "leases", "update")},
+    "api_version_of": {(ISTIO_GROUP, "virtualservices", "list")},
+    "list_objects": {
+        (ISTIO_GROUP, "virtualservices", "list"),
+        (ISTIO_GROUP, "destinationrules", "list"),
+        ("apps", "deployments", "list"),
+        ("coordination.k8s.io", "leases", "list"),
+    },
+    "watch_objects": {
+        (ISTIO_GROUP, "virtualservices", "watch"),
+        (ISTIO_GROUP, "destinationrules", "watch"),
+        ("apps", "deployments", "watch"),
+        ("coordination.k8s.io", "leases", "watch"),
+    },
 }
 # Verbs granted on top of those calls: none (least privilege; every rule is needed, as
 # tests/faults/test_least_privilege.py shows).
@@ -89,6 +102,14 @@ EXPECTED_RULES = {
     ("coordination.k8s.io", "leases", "get"),
     ("coordination.k8s.io", "leases", "create"),
     ("coordination.k8s.io", "leases", "update"),
+}
+# The daemon's cache (canaryctl/cache.py) lists and watches what a pass reads.
+WATCH_RULES = {
+    (ISTIO_GROUP, "virtualservices", "watch"),
+    (ISTIO_GROUP, "destinationrules", "watch"),
+    ("apps", "deployments", "watch"),
+    ("coordination.k8s.io", "leases", "list"),
+    ("coordination.k8s.io", "leases", "watch"),
 }
 LEADER_RULES = {
     ("coordination.k8s.io", "leases", "get"),
@@ -303,10 +324,14 @@ def test_rbac_covers_exactly_what_kube_py_calls() -> None:
     """Every API call canaryctl makes (the methods of KubeClient, the only module that talks to
     the API server) is granted, and the grants beyond them are the listed read-only verbs. A new
     KubeClient method fails this test until its permissions are reviewed."""
-    methods = {n for n in vars(KubeClient) if not n.startswith("_")}
+    methods = {  # properties are the generated API classes, not calls
+        n
+        for n, v in vars(KubeClient).items()
+        if not n.startswith("_") and not isinstance(v, property)
+    }
     assert methods == set(CALLS), "KubeClient changed: review examples/*/role RBAC and CALLS"
     needed = set().union(*CALLS.values())
-    assert needed | EXTRA_READS == EXPECTED_RULES
+    assert needed | EXTRA_READS == EXPECTED_RULES | WATCH_RULES
     assert not needed & EXTRA_READS
     assert all(verb in ("get", "list", "watch") for _, _, verb in EXTRA_READS)
 
@@ -334,9 +359,10 @@ def test_cronjob_role_grants_exactly_the_listed_verbs() -> None:
 
 
 def test_daemon_rbac_is_the_same_rules_cluster_wide_plus_leader_lease() -> None:
-    """The daemon's ClusterRole has the CronJob Role's rules (needed cluster-wide for -A), bound
-    to its ServiceAccount by a ClusterRoleBinding; the Role `leader-election` grants get/create/
-    update on leases in canaryctl-system, bound by the RoleBinding of the same name."""
+    """The daemon's ClusterRole has the CronJob Role's rules (needed cluster-wide for -A) and
+    list/watch for its cache, bound to its ServiceAccount by a ClusterRoleBinding; the Role
+    `leader-election` grants get/create/update on leases in canaryctl-system, bound by the
+    RoleBinding of the same name."""
     sa = _one("daemon", "ServiceAccount")
     subject = {
         "kind": "ServiceAccount",
@@ -346,7 +372,8 @@ def test_daemon_rbac_is_the_same_rules_cluster_wide_plus_leader_lease() -> None:
     assert sa["metadata"]["namespace"] == "canaryctl-system"
 
     cluster_role = _one("daemon", "ClusterRole")
-    assert _grants(cluster_role) == EXPECTED_RULES == _grants(_one("cronjob", "Role"))
+    assert _grants(cluster_role) == EXPECTED_RULES | WATCH_RULES
+    assert _grants(_one("cronjob", "Role")) == EXPECTED_RULES
     crb = _one("daemon", "ClusterRoleBinding")
     assert crb["roleRef"] == {
         "apiGroup": "rbac.authorization.k8s.io",
@@ -385,9 +412,11 @@ def test_policy_configmap_parses_as_the_default_policy() -> None:
 def _pod_specs() -> list[tuple[str, dict[str, Any]]]:
     cron = _one("cronjob", "CronJob")
     deploy = _one("daemon", "Deployment")
+    sharded = _one("sharded", "StatefulSet")
     return [
         ("cronjob", cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]),
         ("daemon", deploy["spec"]["template"]["spec"]),
+        ("sharded", sharded["spec"]["template"]["spec"]),
     ]
 
 
@@ -460,3 +489,36 @@ def test_daemon_deployment_runs_leader_elected_with_probes_and_metrics(
     (svc_port,) = svc["spec"]["ports"]
     assert svc_port["port"] == 8080
     assert svc_port["targetPort"] == "http-metrics"
+
+
+def test_sharded_statefulset_gives_each_shard_a_leader_and_a_standby(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The StatefulSet runs 6 pods of `canaryctl run -A --shards 3` (no --shard-index) in
+    canaryctl-system, with the daemon's ServiceAccount and a headless Service; each pod's shard
+    is the ordinal of its name (HOSTNAME) mod 3, so every shard has two pods."""
+    from canaryctl.daemon import resolve_shard_index
+
+    sts = _one("sharded", "StatefulSet")
+    assert sts["metadata"]["namespace"] == "canaryctl-system"
+    spec = sts["spec"]
+    assert spec["replicas"] == 6
+    assert spec["podManagementPolicy"] == "Parallel"
+    headless = _one("sharded", "Service")
+    assert headless["spec"]["clusterIP"] == "None"
+    assert spec["serviceName"] == headless["metadata"]["name"]
+    template = spec["template"]
+    assert spec["selector"]["matchLabels"].items() <= template["metadata"]["labels"].items()
+    assert (
+        template["spec"]["serviceAccountName"]
+        == _one("daemon", "ServiceAccount")["metadata"]["name"]
+    )
+    (container,) = template["spec"]["containers"]
+    params = _command(container["args"], {"POD_NAMESPACE": "canaryctl-system"}, monkeypatch)
+    assert params["all_namespaces"] is True
+    assert (params["shards"], params["shard_index"]) == (3, None)
+    shards = []
+    for ordinal in range(spec["replicas"]):
+        monkeypatch.setenv("HOSTNAME", f"{sts['metadata']['name']}-{ordinal}")
+        shards.append(resolve_shard_index(None, params["shards"]))
+    assert sorted(shards) == [0, 0, 1, 1, 2, 2]
