@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 import yaml
 from typer.testing import CliRunner
 
@@ -70,6 +71,14 @@ def _history(path: Path) -> None:
                          f"{n * 120} {t}")  # fmt: skip
     lines.append("# EOF")
     path.write_text("\n".join(lines) + "\n")
+
+
+@pytest.fixture(autouse=True)
+def _restore_structlog() -> Iterator[None]:
+    """The CLI configures structlog to print to the runner's (then closed) stderr; undo it."""
+    saved = structlog.get_config()
+    yield
+    structlog.configure(**saved)
 
 
 @pytest.fixture(scope="module")
