@@ -500,7 +500,7 @@ class Result:
     status: np.ndarray
     time: np.ndarray  # seconds to the decision
     bad_served: np.ndarray  # canary errors (error cells) / slow requests (latency cells)
-    reason: np.ndarray  # 0 none, 1 threshold, 2 e-process, 3 floor, 4 inconclusive limit
+    reason: np.ndarray  # 0 none, 1 threshold, 2 e-process, 3 floor, 4 no evidence, 5 latency SLO
     step: np.ndarray | None = None  # step index at the decision (canaryctl policies)
 
 

@@ -11,9 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 import yaml
 from typer.testing import CliRunner
 
+from canaryctl.backtest import parse_time
 from canaryctl.cli import app
 from canaryctl.sandbox.prometheus import PrometheusServer
 
@@ -70,6 +72,14 @@ def _history(path: Path) -> None:
                          f"{n * 120} {t}")  # fmt: skip
     lines.append("# EOF")
     path.write_text("\n".join(lines) + "\n")
+
+
+@pytest.fixture(autouse=True)
+def _restore_structlog() -> Iterator[None]:
+    """The CLI configures structlog to print to the runner's (then closed) stderr; undo it."""
+    saved = structlog.get_config()
+    yield
+    structlog.configure(**saved)
 
 
 @pytest.fixture(scope="module")
@@ -167,3 +177,20 @@ def test_backtest_without_workloads_takes_them_from_the_last_rollout_or_says_so(
     assert res.exit_code == 2, res.output
     assert "--canary-workload/--stable-workload: no rollout of rest-apl recorded" in res.stderr
     assert emulator.writes == []
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("now", 10_000.0),
+        ("now-2h", 10_000.0 - 7200),
+        ("1700000000", 1_700_000_000.0),
+        ("2023-11-14T22:13:20Z", 1_700_000_000.0),
+        ("2023-11-14T22:13:20", 1_700_000_000.0),  # no zone: UTC
+        ("2023-11-14T23:13:20+01:00", 1_700_000_000.0),
+    ],
+)
+def test_backtest_times_accept_rfc3339_unix_seconds_and_now_minus(
+    text: str, expected: float
+) -> None:
+    assert parse_time(text, flag="--from", now=10_000.0) == expected
