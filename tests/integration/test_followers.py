@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from kubernetes.client import ApiClient, CustomObjectsApi
 
-from canaryctl import operations, reconcile, rollout
+from canaryctl import operations, reconcile, rollout, undo
 from canaryctl.controller import Controller, read_state
 from canaryctl.demo import DEMO_POLICY
 from canaryctl.errors import ClusterUnavailableError
@@ -66,10 +66,14 @@ def _vs_patches(emulator: EmulatorServer) -> list[str]:
     return [w.path.rsplit("/", 1)[1] for w in emulator.writes if "virtualservices" in w.path]
 
 
-def _start(ctl: Controller, url: str | None = None) -> RolloutState:
+def _start(
+    ctl: Controller, url: str | None = None, finish: dict[str, Any] | None = None
+) -> RolloutState:
     """Write the first step the way ``promote`` does (members found, state on the primary)."""
     doc = copy.deepcopy(DEMO_POLICY)
     doc["spec"]["interval"] = "1h"  # no analysis is ever due here
+    if finish:
+        doc["spec"]["finish"] = finish
     if url:
         doc["spec"]["notify"] = [{"name": "team", "type": "webhook", "url": url}]
     members = ctl.router.find(app=APP, namespace=NS)
@@ -189,3 +193,71 @@ def test_promote_trigger_for_a_canary_that_already_ended_does_not_start_it_again
     assert "already ended" in outcome.detail
     assert _vs_patches(emulator) == []
     assert _weights(emulator, PRIMARY) == _weights(emulator, MESH) == [[("v1", 0), ("v2", 100)]]
+
+
+def _promoted_and_collapsed(ctl: Controller, emulator: EmulatorServer) -> RolloutState:
+    """A rollout over both VirtualServices promoted with ``finish.collapseRoutes`` and an undo
+    window, then one reconcile pass: the collapse is its only clean-up task."""
+    state = _start(ctl, finish={"collapseRoutes": True, "undoWindow": "10m"})
+    done = rollout.force_promote(state, reason="test", now=ctl.clock())
+    ctl.commit(done, expect=state)
+    [outcome] = reconcile.reconcile(ctl, namespace=NS).outcomes
+    assert (outcome.action, outcome.detail) == ("cleanup", "clean-up complete")
+    return operations.locate(ctl, app=APP, namespace=NS, vs_names=[])[1] or done
+
+
+def test_collapse_makes_both_virtual_services_plain_and_undo_sends_both_back(
+    ctl: Controller, emulator: EmulatorServer
+) -> None:
+    """The collapse covers the follower too; undo puts both plain routes back on v1, points
+    the follower at weight 0, and the next reconcile pass writes no VirtualService."""
+    state = _promoted_and_collapsed(ctl, emulator)
+    assert state.cleanup[0]["routes"] == {MESH: [0], PRIMARY: [0]}
+    assert _weights(emulator, PRIMARY) == _weights(emulator, MESH) == [[("v2", 100)]]
+
+    emulator.clear_writes()
+    res = undo.undo(ctl, app=APP, namespace=NS, vs_names=[])
+    assert (res.result, res.exit_code) == ("undone", 0)
+    assert _vs_patches(emulator) == [MESH, PRIMARY]
+    assert _weights(emulator, PRIMARY) == _weights(emulator, MESH) == [[("v1", 100)]]
+    ref = json.loads(_vs(emulator, MESH)["metadata"]["annotations"][REF_ANNOTATION])
+    assert ref == {"virtualService": PRIMARY, "startedAt": state.started_at, "weight": 0}
+
+    emulator.clear_writes()
+    reconcile.reconcile(ctl, namespace=NS)
+    assert _vs_patches(emulator) == []  # no "lagging follower" repair
+    assert _weights(emulator, PRIMARY) == _weights(emulator, MESH) == [[("v1", 100)]]
+
+
+@pytest.mark.parametrize("finisher", ["reconcile", "undo again"])
+def test_an_undo_interrupted_after_the_follower_is_finished_not_reverted(
+    ctl: Controller, emulator: EmulatorServer, finisher: str
+) -> None:
+    """The primary's undo patch fails after the follower's (as if the process died): the
+    follower is not "repaired" back to v2; the next reconcile pass (or the operator's second
+    ``undo``) finishes the undo: the primary back on v1, state RolledBack, and a reconcile pass
+    after it writes nothing."""
+    _promoted_and_collapsed(ctl, emulator)
+    emulator.inject("PATCH", rf"/virtualservices/{PRIMARY}$", 503, times=1000)
+    with pytest.raises(ClusterUnavailableError):
+        undo.undo(ctl, app=APP, namespace=NS, vs_names=[])
+    emulator.clear_faults()
+    assert (_weights(emulator, PRIMARY), _weights(emulator, MESH)) == (
+        [[("v2", 100)]],
+        [[("v1", 100)]],
+    )
+    assert operations.locate(ctl, app=APP, namespace=NS, vs_names=[])[1].phase == "Promoted"
+
+    emulator.clear_writes()
+    if finisher == "reconcile":
+        [outcome] = reconcile.reconcile(ctl, namespace=NS).outcomes
+        assert (outcome.action, outcome.phase) == ("undone", "RolledBack")
+        assert "finishing an interrupted undo" in outcome.detail
+    else:
+        res = undo.undo(ctl, app=APP, namespace=NS, vs_names=[])
+        assert res.state is not None and res.state.phase == "RolledBack"
+    assert _vs_patches(emulator) == [PRIMARY]
+    assert _weights(emulator, PRIMARY) == _weights(emulator, MESH) == [[("v1", 100)]]
+    emulator.clear_writes()
+    reconcile.reconcile(ctl, namespace=NS)
+    assert _vs_patches(emulator) == []
