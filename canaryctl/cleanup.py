@@ -25,7 +25,8 @@ from canaryctl.errors import (
     RolloutStateError,
 )
 from canaryctl.followers import destinations
-from canaryctl.mesh.collapse import Ops, collapse_ops, guard
+from canaryctl.mesh.collapse import Ops, collapse_ops, guard, routes_to
+from canaryctl.mesh.routes import Destination
 from canaryctl.policy_base import format_duration
 from canaryctl.rollout import ANNOTATION, RolloutState
 
@@ -141,6 +142,19 @@ def hpa_for(ctl: Controller, namespace: str, deployment: str) -> str | None:
     return None
 
 
+def _still_routed(ctl: Controller, namespace: str, task: dict[str, Any]) -> list[str]:
+    """The routes of the namespace still sending to the task's Deployment (a tester header
+    route pinned to it, say). Tasks planned before ``destination`` was recorded: none known."""
+    if not task.get("destination"):
+        return []
+    dest = Destination.of({"destination": task["destination"]})
+    return [
+        found
+        for vs in ctl.router.list(namespace)
+        for found in routes_to(vs, namespace=namespace, destination=dest)
+    ]
+
+
 def _scale_down(
     ctl: Controller, state: RolloutState, index: int, task: dict[str, Any]
 ) -> RolloutState:
@@ -150,6 +164,13 @@ def _scale_down(
         detail = (
             f"Deployment {name} not scaled to 0: HorizontalPodAutoscaler {hpa} targets it and "
             "canaryctl does not fight an HPA; scale it down through the HPA or delete the HPA"
+        )
+        return _settle(ctl, state, index, status="skipped", detail=detail)
+    routed = _still_routed(ctl, ns, task)
+    if routed:
+        detail = (
+            f"Deployment {name} not scaled to 0: {', '.join(routed)} still sends traffic to "
+            "it (its requests would fail); scale it down once no route names it"
         )
         return _settle(ctl, state, index, status="skipped", detail=detail)
     if task.get("idleFor"):
