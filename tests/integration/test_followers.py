@@ -13,8 +13,10 @@ from typing import Any
 
 import pytest
 from kubernetes.client import ApiClient, CustomObjectsApi
+from typer.testing import CliRunner
 
 from canaryctl import operations, reconcile, rollout, undo
+from canaryctl.cli import app
 from canaryctl.controller import Controller, read_state
 from canaryctl.demo import DEMO_POLICY
 from canaryctl.errors import ClusterUnavailableError
@@ -261,3 +263,33 @@ def test_an_undo_interrupted_after_the_follower_is_finished_not_reverted(
     emulator.clear_writes()
     reconcile.reconcile(ctl, namespace=NS)
     assert _vs_patches(emulator) == []
+
+
+def test_status_shows_the_pending_clean_up_of_two_virtual_services_and_the_mesh_bypass_warning(
+    emulator: EmulatorServer, kube_api: ApiClient, tmp_path: Path
+) -> None:
+    """rest-apl-vs plus a plain route bound to an internal gateway, both moved and promoted
+    with collapse and idle scale-down still to do: ``canaryctl status`` names the follower,
+    each pending task, and warns that in-mesh callers pass through neither."""
+    internal = copy.deepcopy(_vs(emulator, PRIMARY))
+    internal["metadata"] = {"name": "rest-apl-internal", "namespace": NS}
+    internal["spec"]["gateways"] = ["rest-apl-internal-gateway"]
+    internal["spec"]["http"][0]["route"] = [{"destination": {"host": APP, "subset": "v1"}}]
+    emulator.apply([internal])
+    kube = KubeClient(kube_api, retry_seconds=0.5)
+    ctl = Controller(kube=kube, router=get_router("istio", kube), provider_for=get_provider)
+    state = _start(ctl, finish={"collapseRoutes": True, "scaleDownIdle": "1h"})
+    assert (state.virtual_service, state.followers) == (PRIMARY, ["rest-apl-internal"])
+    ctl.commit(rollout.force_promote(state, reason="test", now=ctl.clock()), expect=state)
+
+    kubeconfig = emulator.write_kubeconfig(tmp_path / "kubeconfig")
+    result = CliRunner().invoke(app, ["status", APP, "-n", NS, "--kubeconfig", str(kubeconfig)])
+    assert result.exit_code == 0, result.stderr
+    out = result.stdout
+    assert "moved with it: rest-apl-internal" in out
+    assert "clean-up collapse: pending due from" in out
+    assert "clean-up scale-down rest-apl-v1: pending due from" in out
+    assert "warning: in-mesh traffic to rest-apl" in out
+    assert (
+        "passes through none of the VirtualServices moved (rest-apl-internal, rest-apl-vs:" in out
+    )
