@@ -166,13 +166,6 @@ def _scale_down(
             "canaryctl does not fight an HPA; scale it down through the HPA or delete the HPA"
         )
         return _settle(ctl, state, index, status="skipped", detail=detail)
-    routed = _still_routed(ctl, ns, task)
-    if routed:
-        detail = (
-            f"Deployment {name} not scaled to 0: {', '.join(routed)} still sends traffic to "
-            "it (its requests would fail); scale it down once no route names it"
-        )
-        return _settle(ctl, state, index, status="skipped", detail=detail)
     if task.get("idleFor"):
         idle_text = format_duration(task["idleFor"])
         provider = ctl.provider_for(ctl.policy_of(state).spec.prometheus)
@@ -184,6 +177,13 @@ def _scale_down(
         why = idle.detail
     else:
         why = "the rollback's delay has passed"
+    routed = _still_routed(ctl, ns, task)  # last: listed once, when otherwise due
+    if routed:
+        detail = (
+            f"Deployment {name} not scaled to 0: {', '.join(routed)} still sends traffic to "
+            "it (its requests would fail); scale it down once no route names it"
+        )
+        return _settle(ctl, state, index, status="skipped", detail=detail)
     ctl.kube.scale_deployment(ns, name, 0)
     return _settle(ctl, state, index, status="done", detail=f"Deployment {name} scaled to 0: {why}")
 
