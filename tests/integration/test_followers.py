@@ -293,3 +293,29 @@ def test_status_shows_the_pending_clean_up_of_two_virtual_services_and_the_mesh_
     assert (
         "passes through none of the VirtualServices moved (rest-apl-internal, rest-apl-vs:" in out
     )
+
+
+def test_an_interrupted_undo_is_not_finished_while_the_previous_version_is_unavailable(
+    ctl: Controller, emulator: EmulatorServer
+) -> None:
+    """After the interruption v1 loses its replicas: reconcile reports an error naming
+    rest-apl-v1 and writes nothing (each VirtualService keeps its traffic); once v1 is back,
+    the next pass finishes the undo."""
+    _promoted_and_collapsed(ctl, emulator)
+    emulator.inject("PATCH", rf"/virtualservices/{PRIMARY}$", 503, times=1000)
+    with pytest.raises(ClusterUnavailableError):
+        undo.undo(ctl, app=APP, namespace=NS, vs_names=[])
+    emulator.clear_faults()
+    emulator.set_deployment_available(NS, "rest-apl-v1", False)
+    emulator.clear_writes()
+    [outcome] = reconcile.reconcile(ctl, namespace=NS).outcomes
+    assert outcome.action == "error" and "Deployment rest-apl-v1 is not available" in outcome.detail
+    assert _vs_patches(emulator) == []
+    assert (_weights(emulator, PRIMARY), _weights(emulator, MESH)) == (
+        [[("v2", 100)]],
+        [[("v1", 100)]],
+    )
+    emulator.set_deployment_available(NS, "rest-apl-v1", True)
+    [outcome] = reconcile.reconcile(ctl, namespace=NS).outcomes
+    assert (outcome.action, outcome.phase) == ("undone", "RolledBack")
+    assert _weights(emulator, PRIMARY) == [[("v1", 100)]]
