@@ -14,8 +14,6 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-import structlog
-
 from canaryctl import finish
 from canaryctl.controller import Controller, StateChangedError, read_state
 from canaryctl.errors import (
@@ -25,11 +23,13 @@ from canaryctl.errors import (
     RolloutStateError,
 )
 from canaryctl.followers import destinations
-from canaryctl.mesh.collapse import Ops, collapse_ops, guard
+from canaryctl.logs import get_logger
+from canaryctl.mesh.collapse import Ops, collapse_ops, guard, routes_to
+from canaryctl.mesh.routes import Destination
 from canaryctl.policy_base import format_duration
 from canaryctl.rollout import ANNOTATION, RolloutState
 
-log = structlog.get_logger("canaryctl.cleanup")
+log = get_logger("canaryctl.cleanup")
 
 
 def owned(state: RolloutState) -> list[str]:
@@ -141,6 +141,19 @@ def hpa_for(ctl: Controller, namespace: str, deployment: str) -> str | None:
     return None
 
 
+def _still_routed(ctl: Controller, namespace: str, task: dict[str, Any]) -> list[str]:
+    """The routes of the namespace still sending to the task's Deployment (a tester header
+    route pinned to it, say). Tasks planned before ``destination`` was recorded: none known."""
+    if not task.get("destination"):
+        return []
+    dest = Destination.of({"destination": task["destination"]})
+    return [
+        found
+        for vs in ctl.router.list(namespace)
+        for found in routes_to(vs, namespace=namespace, destination=dest)
+    ]
+
+
 def _scale_down(
     ctl: Controller, state: RolloutState, index: int, task: dict[str, Any]
 ) -> RolloutState:
@@ -163,6 +176,13 @@ def _scale_down(
         why = idle.detail
     else:
         why = "the rollback's delay has passed"
+    routed = _still_routed(ctl, ns, task)  # last: listed once, when otherwise due
+    if routed:
+        detail = (
+            f"Deployment {name} not scaled to 0: {', '.join(routed)} still sends traffic to "
+            "it (its requests would fail); scale it down once no route names it"
+        )
+        return _settle(ctl, state, index, status="skipped", detail=detail)
     ctl.kube.scale_deployment(ns, name, 0)
     return _settle(ctl, state, index, status="done", detail=f"Deployment {name} scaled to 0: {why}")
 

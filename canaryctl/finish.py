@@ -10,6 +10,7 @@ Tasks (plain dicts, because they live in the state's JSON)::
     {"task": "collapse" | "scale-down", "target": VirtualService or Deployment,
      "status": "pending" | "done" | "skipped", "notBefore": epoch s, "detail": str,
      "idleFor": s (scale-down of the previous version only), "at": epoch s when settled,
+     "destination": {host, subset} the Deployment serves (scale-down),
      "routes": {VirtualService: [http indexes]} (collapse, once done)}
 
 Decisions:
@@ -21,9 +22,11 @@ Decisions:
 - A new rollout on the same VirtualService carries the previous one's pending scale-downs
   (``carry``) and they run once it has ended, with its own tasks (``kept``).
 - A task is settled once (``done`` or ``skipped``, e.g. an HPA targets the Deployment: scaling
-  it to 0 would fight the HPA). Waiting is not written to the VirtualService: every write
-  makes istiod push configuration to every sidecar, so re-checks stay in memory and ``status``
-  shows what is still to do and from when.
+  it to 0 would fight the HPA; or a route of the namespace still sends to its ``destination``,
+  such as bookinfo's tester route ``jason`` -> v2 after v3 was promoted: scaling it to 0 would
+  turn those requests into 503s, whatever Prometheus saw in the idle window). Waiting is not
+  written to the VirtualService: every write makes istiod push configuration to every
+  sidecar, so re-checks stay in memory and ``status`` shows what is still to do and from when.
 """
 
 from __future__ import annotations
@@ -37,9 +40,17 @@ Task = dict[str, Any]
 
 
 def plan(
-    spec: dict[str, Any], *, phase: str, stable_workload: str, canary_workload: str, now: float
+    spec: dict[str, Any],
+    *,
+    phase: str,
+    stable_workload: str,
+    canary_workload: str,
+    stable: dict[str, Any],
+    canary: dict[str, Any],
+    now: float,
 ) -> list[Task]:
-    """The clean-up tasks of a rollout that just reached ``phase`` (``spec``: policy spec)."""
+    """The clean-up tasks of a rollout that just reached ``phase`` (``spec``: policy spec;
+    ``stable``/``canary``: the destinations the workloads serve, kept in each scale-down)."""
     finish = spec.get("finish") or {}
     tasks: list[Task] = []
 
@@ -60,10 +71,17 @@ def plan(
                 now,
                 f"to 0 once Prometheus shows it no requests for {finish['scaleDownIdle']}",
                 idleFor=idle,
+                destination=stable,
             )
     elif phase == "RolledBack" and finish.get("abortScaleDownDelay"):
         delay = parse_duration(finish["abortScaleDownDelay"])
-        task("scale-down", canary_workload, now + delay, "to 0 after the rollback")
+        task(
+            "scale-down",
+            canary_workload,
+            now + delay,
+            "to 0 after the rollback",
+            destination=canary,
+        )
     return tasks
 
 

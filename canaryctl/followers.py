@@ -18,15 +18,14 @@ import json
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import structlog
-
 from canaryctl.errors import ConflictError, InputError, PreflightError, TargetNotFoundError
+from canaryctl.logs import get_logger
 from canaryctl.mesh._base import TrafficRouter
 from canaryctl.mesh.group import resolve, weights_drift
 from canaryctl.mesh.routes import Destination, Target
 from canaryctl.rollout import REF_ANNOTATION, RolloutState
 
-log = structlog.get_logger("canaryctl.followers")
+log = get_logger("canaryctl.followers")
 
 
 def destinations(state: RolloutState) -> tuple[Destination, Destination]:
@@ -62,12 +61,23 @@ def _mine(state: RolloutState, ref: Mapping[str, Any]) -> bool:
     return bool(ref) and ref.get("startedAt") == state.started_at
 
 
+def undone(state: RolloutState, vs: Mapping[str, Any]) -> bool:
+    """A follower ``undo`` already sent back (pointer at weight 0) while the primary still says
+    Promoted: ``undo`` was interrupted between the two patches. It is not left behind: the
+    repair is to finish the undo (``undo.finish_interrupted``), never to re-promote it."""
+    ref = read_ref(vs)
+    return state.phase == "Promoted" and _mine(state, ref) and ref.get("weight") == 0
+
+
 def lagging(state: RolloutState, listed: Mapping[str, Mapping[str, Any]]) -> list[str]:
-    """Followers in ``listed`` (name -> object) whose pointer lacks the state's weight."""
+    """Followers in ``listed`` (name -> object) whose pointer lacks the state's weight (an
+    ``undone`` one is not lagging)."""
     out = []
     for name in state.followers:
         ref = read_ref(listed[name]) if name in listed else None
-        if ref is not None and not (_mine(state, ref) and ref.get("weight") == state.weight):
+        if ref is None or undone(state, listed[name]):
+            continue
+        if not (_mine(state, ref) and ref.get("weight") == state.weight):
             out.append(name)
     return out
 
@@ -128,7 +138,7 @@ def sync(
             except TargetNotFoundError:
                 log.warning("follower.gone", vs=name)
                 break
-            if guard and follower_drift(state, vs) is not None:
+            if undone(state, vs) or (guard and follower_drift(state, vs) is not None):
                 break
             try:
                 target = _follower_target(state, vs)

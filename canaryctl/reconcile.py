@@ -19,7 +19,7 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Any
 
-from canaryctl import cleanup, finish, followers, operations
+from canaryctl import cleanup, finish, followers, operations, undo
 from canaryctl.controller import Controller, RolloutInfraError, StateChangedError, read_state
 from canaryctl.errors import CanaryctlError, InfraError, InputError, NotFoundError, PolicyError
 from canaryctl.logs import get_logger
@@ -34,7 +34,8 @@ class Outcome:
     namespace: str
     virtual_service: str
     app: str | None
-    action: str  # started, advanced, held, promoted, rolled_back, failed, skipped, error, cleanup
+    # started, advanced, held, promoted, rolled_back, failed, skipped, error, cleanup, undone
+    action: str
     detail: str = ""
     phase: str | None = None
     weight: int | None = None
@@ -168,18 +169,25 @@ def _already_done(state: RolloutState | None, trigger: Any) -> Outcome | None:
     return _outcome(state, "skipped", detail)
 
 
-def _repair(ctl: Controller, state: RolloutState, listed: dict[tuple[str, str], Any]) -> None:
+def _repair(
+    ctl: Controller, state: RolloutState, listed: dict[tuple[str, str], Any]
+) -> Outcome | None:
     """Followers left behind by a crash between two patches are repaired first, whatever the
-    phase (an ended rollout too), under the rollout's lease; a live holder repairs them itself."""
+    phase (an ended rollout too), under the rollout's lease; a live holder repairs them itself.
+    An ``undo`` interrupted the same way is finished (the outcome ``undone``)."""
     mine = {name: vs for (ns, name), vs in listed.items() if ns == state.namespace}
+    undone = undo.finish_interrupted(ctl, state, mine)
+    if undone is not None:
+        return _outcome(undone.state or state, "undone", undone.message)
     if not followers.lagging(state, mine):
-        return
+        return None
     lease = ctl.lease_for(state)
     if lease.acquire(ctl.clock()):
         try:
             followers.sync(ctl.router, state, guard=True, sleep=ctl.sleep)
         finally:
             lease.release()
+    return None
 
 
 # --- clean-up of finished rollouts (finish.py): still due at its time ---
@@ -233,9 +241,8 @@ def reconcile(
         try:
             state = read_state(vs)
             ann = meta.get("annotations") or {}
-            if state is not None:
-                _repair(ctl, state, by_name)
-            done = _already_done(state, ann.get(PROMOTE_ANNOTATION))
+            repaired = None if state is None else _repair(ctl, state, by_name)
+            done = repaired or _already_done(state, ann.get(PROMOTE_ANNOTATION))
             if done is not None:
                 outcome = done
             elif (state is None or not state.active) and PROMOTE_ANNOTATION in ann:

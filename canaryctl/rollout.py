@@ -274,6 +274,8 @@ def _finish(state: RolloutState, phase: Phase, reason: str, now: float) -> Rollo
         phase=phase,
         stable_workload=state.stable_workload,
         canary_workload=state.canary_workload,
+        stable=state.stable,
+        canary=state.canary,
         now=now,
     )
     return replace(

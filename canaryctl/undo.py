@@ -10,21 +10,21 @@ start a new rollout instead.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
-
-import structlog
 
 from canaryctl import cleanup, finish, followers, rollout
 from canaryctl.controller import Controller, StateChangedError
 from canaryctl.errors import EXIT_OK, PreflightError, RolloutStateError, UsageError
 from canaryctl.followers import destinations
 from canaryctl.hooks import dest
+from canaryctl.logs import get_logger
 from canaryctl.mesh.collapse import guard, undo_ops
 from canaryctl.mesh.routes import deployment_available
 from canaryctl.operations import Result, locate
 from canaryctl.rollout import REF_ANNOTATION, RolloutState
 
-log = structlog.get_logger("canaryctl")
+log = get_logger("canaryctl")
 
 
 def undo(ctl: Controller, *, app: str, namespace: str, vs_names: list[str]) -> Result:
@@ -34,8 +34,8 @@ def undo(ctl: Controller, *, app: str, namespace: str, vs_names: list[str]) -> R
     host) back, routes still split go to previous 100 / new 0; the state becomes RolledBack, so
     the clean-up now scales the undone version down (``abortScaleDownDelay``). The rollout's
     other VirtualServices are undone first, each in its own guarded patch that also moves its
-    pointer to weight 0, so a crash between two patches leaves a follower that ``reconcile``
-    repairs like any other."""
+    pointer to weight 0; after a crash between two patches, ``finish_interrupted`` (run by
+    ``reconcile``, or this command again) completes the undo."""
     _, state = locate(ctl, app=app, namespace=namespace, vs_names=vs_names)
     if state is None or state.phase != "Promoted":
         shown = "no rollout" if state is None else f"the rollout is {state.phase}"
@@ -55,7 +55,28 @@ def undo(ctl: Controller, *, app: str, namespace: str, vs_names: list[str]) -> R
     if not lease.acquire(now):
         raise RolloutStateError(f"undo: {lease.observed_holder} is acting on {app}; try again")
     try:
-        return _undo(ctl, state, app)
+        return _undo(ctl, state, by="operator")
+    finally:
+        lease.release()
+
+
+def finish_interrupted(
+    ctl: Controller, state: RolloutState, listed: Mapping[str, Mapping[str, Any]]
+) -> Result | None:
+    """Complete an ``undo`` interrupted between a follower's patch and the primary's (a
+    follower in ``listed``, name -> object, is ``followers.undone``); None when there is none,
+    or another actor holds the Lease. Decision: the operator's last word wins over the
+    primary's stale Promoted, so the undo is finished (window not re-checked: it was open when
+    the undo began), not reverted; re-promoting the follower would send its callers back to
+    the version just undone. If the previous version is no longer available,
+    ``PreflightError`` names it and nothing is written."""
+    if not any(followers.undone(state, listed[n]) for n in state.followers if n in listed):
+        return None
+    lease = ctl.lease_for(state)
+    if not lease.acquire(ctl.clock()):
+        return None
+    try:
+        return _undo(ctl, state, by="reconcile, finishing an interrupted undo")
     finally:
         lease.release()
 
@@ -72,13 +93,13 @@ def _require_previous(ctl: Controller, state: RolloutState) -> None:
         )
 
 
-def _undo(ctl: Controller, state: RolloutState, app: str) -> Result:
+def _undo(ctl: Controller, state: RolloutState, *, by: str) -> Result:
     _require_previous(ctl, state)  # again under the Lease: no scale-down can come between
     previous, current = destinations(state)
     collapsed = [t for t in state.cleanup if t["task"] == "collapse" and t["status"] == "done"]
     routes: dict[str, list[int]] = (collapsed[0].get("routes") or {}) if collapsed else {}
     now = ctl.clock()
-    reason = f"undone by operator {now - (state.finished_at or now):.0f}s after the promotion"
+    reason = f"undone by {by} {now - (state.finished_at or now):.0f}s after the promotion"
     new = rollout.rollback(state, reason=reason, now=now)
 
     def ops_for(vs: dict[str, Any]) -> list[dict[str, Any]]:
@@ -90,7 +111,8 @@ def _undo(ctl: Controller, state: RolloutState, app: str) -> Result:
     pointer = {REF_ANNOTATION: followers.ref_value(new)}
     for name in state.followers:
         vs = ctl.router.read(state.namespace, name)
-        ctl.kube.patch_virtual_service(state.namespace, name, guard(vs, ops_for(vs), pointer))
+        if not followers.undone(state, vs):  # else done before an interruption
+            ctl.kube.patch_virtual_service(state.namespace, name, guard(vs, ops_for(vs), pointer))
 
     def build(vs: dict[str, Any]) -> tuple[list[dict[str, Any]], RolloutState]:
         return ops_for(vs), new
@@ -102,4 +124,4 @@ def _undo(ctl: Controller, state: RolloutState, app: str) -> Result:
     ctl.event(vs, "Undone", f"{reason}: all traffic to {dest(state.stable)}", warning=True)
     ctl.notifier.send("rollback", new, message=reason)
     log.info("undone", vs=state.virtual_service, previous=dest(state.stable))
-    return Result("undone", app, state.namespace, EXIT_OK, new, reason)
+    return Result("undone", state.app, state.namespace, EXIT_OK, new, reason)

@@ -13,6 +13,8 @@ resourceVersion. A rollout that owns several VirtualServices applies them to eac
   rollout (recorded indexes) get their destination's subset (or host) set back; routes still
   split get previous 100 / new 0. A recorded route that no longer sends only to the new
   version was edited since: ``PreflightError`` naming it (nothing is written).
+- ``routes_to``: the routes still sending traffic to a destination, so that no Deployment is
+  scaled to 0 while a route names it.
 """
 
 from __future__ import annotations
@@ -126,3 +128,18 @@ def undo_ops(
             "nothing to undo"
         )
     return ops
+
+
+def routes_to(vs: Obj, *, namespace: str, destination: Destination) -> list[str]:
+    """``VirtualService NAME http[i]`` for each HTTP route of ``vs`` that sends traffic to
+    ``destination``: an entry of it with a weight above 0, or the only entry (weight implied)."""
+    key = destination.key(namespace)
+    found = []
+    for index, http in enumerate(_routes(vs)):
+        entries = list(http.get("route") or [])
+        for entry in entries:
+            sends = len(entries) == 1 or _weight(entry) > 0
+            if sends and Destination.of(entry).key(namespace) == key:
+                found.append(f"VirtualService {_name(vs)} http[{index}]")
+                break
+    return found

@@ -13,7 +13,11 @@ callers bypass all of them. Decisions (README "How it works"):
   split found in another member, or of the rollout in progress), every plain route to the
   stable gets a second entry: a copy of the stable's (host, port, headers) with the subset (or,
   when the stable has no subset, the host) swapped, written with the first step's weights.
-  Plain routes to anything else (bookinfo's ``jason`` -> v2) stay exactly as they are.
+  Plain routes to anything else (bookinfo's ``jason`` -> v2) stay exactly as they are, and so
+  do plain routes that match on the caller (``headers``, ``queryParams``, ``withoutHeaders``,
+  ``sourceLabels``, ``sourceNamespace``) unless ``--route`` names them: they pin chosen users
+  (testers) to a version, and the release after the one that collapsed onto v2 must not move
+  bookinfo's ``jason`` route from v2 to v3 (a general route's uri/method/port match is moved).
 - The stable of plain routes: the destination of the catch-all route (the last one without
   ``match``), else the one destination all of them share; otherwise name them with ``--route``.
 - All members must agree on (stable, canary). The primary (which carries the rollout state)
@@ -68,6 +72,15 @@ def _plain(vs: Obj, app: str, ns: str, route_names: Sequence[str] | None) -> dic
     return found
 
 
+_CALLER_FIELDS = ("headers", "queryParams", "withoutHeaders", "sourceLabels", "sourceNamespace")
+
+
+def _pins_callers(http: Obj) -> bool:
+    """Every match of the route selects callers (a tester header, a query parameter...)."""
+    matches = http.get("match") or []
+    return bool(matches) and all(any(k in m for k in _CALLER_FIELDS) for m in matches)
+
+
 def _plain_stable(vs: Obj, plain: Mapping[int, Destination], app: str, ns: str) -> Destination:
     catch_all = [i for i in plain if not _http(vs)[i].get("match")]
     if catch_all:
@@ -109,7 +122,12 @@ def _split_plain(
     else:
         stable, wanted = _plain_stable(vs, plain, app, namespace), canary
     view = copy.deepcopy(dict(vs))
-    split = [i for i, d in plain.items() if d.key(namespace) == stable.key(namespace)]
+    split = [
+        i
+        for i, d in plain.items()
+        if d.key(namespace) == stable.key(namespace)
+        and (route_names or not _pins_callers(_http(vs)[i]))
+    ]
     if not split:
         raise TargetNotFoundError(f"VirtualService {name} has no route of {app} to {stable}")
     for i in split:

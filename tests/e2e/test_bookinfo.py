@@ -1,7 +1,9 @@
-"""Istio's bookinfo, as a new user tries it: ``bookinfo.yaml``, ``destination-rule-all.yaml`` and
-``virtual-service-reviews-test-v2.yaml`` (a tester route ``end-user: jason`` -> v2, every other
-request -> v1; no split anywhere) in the emulator, the traffic simulator following ``reviews``,
-a real Prometheus, and ``canaryctl promote`` as a real subprocess."""
+"""Istio's bookinfo, as a new user tries it: ``bookinfo.yaml``, ``destination-rule-all.yaml``,
+``virtual-service-all-v1.yaml`` (every route pinned to v1), then
+``virtual-service-reviews-test-v2.yaml`` on top, as Istio's request-routing task does (a tester
+route ``end-user: jason`` -> v2 before the route to v1; no split anywhere) in the emulator, the
+traffic simulator following ``reviews``, a real Prometheus, and ``canaryctl promote`` as a real
+subprocess."""
 
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from typing import Any
 import pytest
 import yaml
 
+from canaryctl.rollout import ANNOTATION
 from canaryctl.sandbox.emulator import EmulatorServer
 from canaryctl.sandbox.prometheus import PrometheusServer
 from canaryctl.sandbox.traffic import TrafficSimulator
@@ -28,16 +31,25 @@ NS = "default"
 FILES = [
     "platform/bookinfo.yaml",
     "bookinfo-networking/destination-rule-all.yaml",
+    "bookinfo-networking/virtual-service-all-v1.yaml",
     "bookinfo-networking/virtual-service-reviews-test-v2.yaml",
 ]
+IDLE = 2.0  # finish.scaleDownIdle, seconds
 
 
 class Bookinfo:
-    def __init__(self, emulator: EmulatorServer, prometheus: PrometheusServer, tmp: Path):
-        self.emulator, self.prometheus, self.tmp = emulator, prometheus, tmp
+    def __init__(
+        self,
+        emulator: EmulatorServer,
+        prometheus: PrometheusServer,
+        traffic: TrafficSimulator,
+        tmp: Path,
+    ):
+        self.emulator, self.prometheus, self.traffic = emulator, prometheus, traffic
         self.kubeconfig = emulator.write_kubeconfig(tmp / "kubeconfig")
         policy = copy.deepcopy(FAST_POLICY)
-        policy["spec"]["steps"] = [50, 100]
+        finish = {"collapseRoutes": True, "scaleDownIdle": f"{IDLE:g}s"}
+        policy["spec"].update(steps=[50, 100], interval="2s", finish=finish)
         self.policy = tmp / "policy.yaml"
         self.policy.write_text(yaml.safe_dump(policy))
 
@@ -59,6 +71,11 @@ class Bookinfo:
         assert vs is not None
         validate_virtual_service(vs)
         return vs
+
+    def replicas(self, version: str) -> int:
+        deployment = self.emulator.get("apps/v1", "Deployment", NS, f"reviews-{version}")
+        assert deployment is not None
+        return int(deployment["spec"]["replicas"])
 
 
 def _environ() -> dict[str, str]:
@@ -88,14 +105,18 @@ def bookinfo(tmp_path: Path) -> Iterator[Bookinfo]:
         )
         prometheus = stack.enter_context(PrometheusServer([traffic.target]))
         prometheus.wait_for_scrapes(min_samples=2, timeout=30)
-        yield Bookinfo(emulator, prometheus, tmp_path)
+        yield Bookinfo(emulator, prometheus, traffic, tmp_path)
 
 
-def test_release_after_release_from_a_plain_route_leaves_the_tester_route_alone(
+def test_release_cycle_from_all_v1_collapses_scales_idle_v1_down_and_spares_the_tester_route(
     bookinfo: Bookinfo,
 ) -> None:
-    """``--canary v2`` from the plain route to v1 is promoted; then ``--canary v3`` from there
-    is promoted; the ``jason`` route is exactly as in the sample throughout."""
+    """``--canary v2`` from the plain route to v1 is promoted and collapsed to a plain route to
+    v2; v1 is scaled to 0 only after its last request (sidecars see routes 3 s late); then
+    ``--canary v3`` from that plain route is promoted and collapsed; the ``jason`` route is
+    exactly as in the sample throughout, so v2, which it names, is not scaled down; every
+    object written passes the CRD schema."""
+    bookinfo.traffic.propagation = 3.0  # longer than a step: v1 still served after promotion
     jason = copy.deepcopy(bookinfo.reviews()["spec"]["http"][0])
     for canary, stable in (("v2", "v1"), ("v3", "v2")):
         res = bookinfo.promote(canary)
@@ -108,5 +129,19 @@ def test_release_after_release_from_a_plain_route_leaves_the_tester_route_alone(
         )
         http = bookinfo.reviews()["spec"]["http"]
         assert http[0] == jason
-        weights = {d["destination"]["subset"]: d["weight"] for d in http[1]["route"]}
-        assert weights == {stable: 0, canary: 100}  # v3 replaces the entry v1 had
+        assert http[1]["route"] == [{"destination": {"host": "reviews", "subset": canary}}]
+        tasks = {t["task"]: t for t in data["cleanup"]}
+        assert tasks["collapse"]["routes"] == {"reviews": [1]}
+        scale = tasks["scale-down"]
+        if stable == "v1":
+            assert (scale["target"], scale["status"]) == ("reviews-v1", "done")
+            assert bookinfo.replicas("v1") == 0
+            last = bookinfo.traffic.last_served("reviews-v1")
+            finished = json.loads(bookinfo.reviews()["metadata"]["annotations"][ANNOTATION])
+            assert last is not None and last > finished["finished_at"]  # the sidecars lagged
+            assert scale["at"] - last >= IDLE - 1.0  # Prometheus saw it idle (1 scrape slack)
+            assert bookinfo.traffic.unrouted("reviews-v1") == 0
+    # v2 went idle too (the simulator sends no jason requests), but the tester route names it
+    assert (scale["target"], scale["status"]) == ("reviews-v2", "skipped")
+    assert "VirtualService reviews http[0] still sends traffic to it" in scale["detail"]
+    assert bookinfo.replicas("v2") > 0 and bookinfo.traffic.served("reviews-v3")[0] > 0

@@ -13,8 +13,10 @@ from typing import Any
 
 import pytest
 from kubernetes.client import ApiClient, CustomObjectsApi
+from typer.testing import CliRunner
 
-from canaryctl import operations, reconcile, rollout
+from canaryctl import operations, reconcile, rollout, undo
+from canaryctl.cli import app
 from canaryctl.controller import Controller, read_state
 from canaryctl.demo import DEMO_POLICY
 from canaryctl.errors import ClusterUnavailableError
@@ -66,10 +68,14 @@ def _vs_patches(emulator: EmulatorServer) -> list[str]:
     return [w.path.rsplit("/", 1)[1] for w in emulator.writes if "virtualservices" in w.path]
 
 
-def _start(ctl: Controller, url: str | None = None) -> RolloutState:
+def _start(
+    ctl: Controller, url: str | None = None, finish: dict[str, Any] | None = None
+) -> RolloutState:
     """Write the first step the way ``promote`` does (members found, state on the primary)."""
     doc = copy.deepcopy(DEMO_POLICY)
     doc["spec"]["interval"] = "1h"  # no analysis is ever due here
+    if finish:
+        doc["spec"]["finish"] = finish
     if url:
         doc["spec"]["notify"] = [{"name": "team", "type": "webhook", "url": url}]
     members = ctl.router.find(app=APP, namespace=NS)
@@ -189,3 +195,127 @@ def test_promote_trigger_for_a_canary_that_already_ended_does_not_start_it_again
     assert "already ended" in outcome.detail
     assert _vs_patches(emulator) == []
     assert _weights(emulator, PRIMARY) == _weights(emulator, MESH) == [[("v1", 0), ("v2", 100)]]
+
+
+def _promoted_and_collapsed(ctl: Controller, emulator: EmulatorServer) -> RolloutState:
+    """A rollout over both VirtualServices promoted with ``finish.collapseRoutes`` and an undo
+    window, then one reconcile pass: the collapse is its only clean-up task."""
+    state = _start(ctl, finish={"collapseRoutes": True, "undoWindow": "10m"})
+    done = rollout.force_promote(state, reason="test", now=ctl.clock())
+    ctl.commit(done, expect=state)
+    [outcome] = reconcile.reconcile(ctl, namespace=NS).outcomes
+    assert (outcome.action, outcome.detail) == ("cleanup", "clean-up complete")
+    return operations.locate(ctl, app=APP, namespace=NS, vs_names=[])[1] or done
+
+
+def test_collapse_makes_both_virtual_services_plain_and_undo_sends_both_back(
+    ctl: Controller, emulator: EmulatorServer
+) -> None:
+    """The collapse covers the follower too; undo puts both plain routes back on v1, points
+    the follower at weight 0, and the next reconcile pass writes no VirtualService."""
+    state = _promoted_and_collapsed(ctl, emulator)
+    assert state.cleanup[0]["routes"] == {MESH: [0], PRIMARY: [0]}
+    assert _weights(emulator, PRIMARY) == _weights(emulator, MESH) == [[("v2", 100)]]
+
+    emulator.clear_writes()
+    res = undo.undo(ctl, app=APP, namespace=NS, vs_names=[])
+    assert (res.result, res.exit_code) == ("undone", 0)
+    assert _vs_patches(emulator) == [MESH, PRIMARY]
+    assert _weights(emulator, PRIMARY) == _weights(emulator, MESH) == [[("v1", 100)]]
+    ref = json.loads(_vs(emulator, MESH)["metadata"]["annotations"][REF_ANNOTATION])
+    assert ref == {"virtualService": PRIMARY, "startedAt": state.started_at, "weight": 0}
+
+    emulator.clear_writes()
+    reconcile.reconcile(ctl, namespace=NS)
+    assert _vs_patches(emulator) == []  # no "lagging follower" repair
+    assert _weights(emulator, PRIMARY) == _weights(emulator, MESH) == [[("v1", 100)]]
+
+
+@pytest.mark.parametrize("finisher", ["reconcile", "undo again"])
+def test_an_undo_interrupted_after_the_follower_is_finished_not_reverted(
+    ctl: Controller, emulator: EmulatorServer, finisher: str
+) -> None:
+    """The primary's undo patch fails after the follower's (as if the process died): the
+    follower is not "repaired" back to v2; the next reconcile pass (or the operator's second
+    ``undo``) finishes the undo: the primary back on v1, state RolledBack, and a reconcile pass
+    after it writes nothing."""
+    _promoted_and_collapsed(ctl, emulator)
+    emulator.inject("PATCH", rf"/virtualservices/{PRIMARY}$", 503, times=1000)
+    with pytest.raises(ClusterUnavailableError):
+        undo.undo(ctl, app=APP, namespace=NS, vs_names=[])
+    emulator.clear_faults()
+    assert (_weights(emulator, PRIMARY), _weights(emulator, MESH)) == (
+        [[("v2", 100)]],
+        [[("v1", 100)]],
+    )
+    assert operations.locate(ctl, app=APP, namespace=NS, vs_names=[])[1].phase == "Promoted"
+
+    emulator.clear_writes()
+    if finisher == "reconcile":
+        [outcome] = reconcile.reconcile(ctl, namespace=NS).outcomes
+        assert (outcome.action, outcome.phase) == ("undone", "RolledBack")
+        assert "finishing an interrupted undo" in outcome.detail
+    else:
+        res = undo.undo(ctl, app=APP, namespace=NS, vs_names=[])
+        assert res.state is not None and res.state.phase == "RolledBack"
+    assert _vs_patches(emulator) == [PRIMARY]
+    assert _weights(emulator, PRIMARY) == _weights(emulator, MESH) == [[("v1", 100)]]
+    emulator.clear_writes()
+    reconcile.reconcile(ctl, namespace=NS)
+    assert _vs_patches(emulator) == []
+
+
+def test_status_shows_the_pending_clean_up_of_two_virtual_services_and_the_mesh_bypass_warning(
+    emulator: EmulatorServer, kube_api: ApiClient, tmp_path: Path
+) -> None:
+    """rest-apl-vs plus a plain route bound to an internal gateway, both moved and promoted
+    with collapse and idle scale-down still to do: ``canaryctl status`` names the follower,
+    each pending task, and warns that in-mesh callers pass through neither."""
+    internal = copy.deepcopy(_vs(emulator, PRIMARY))
+    internal["metadata"] = {"name": "rest-apl-internal", "namespace": NS}
+    internal["spec"]["gateways"] = ["rest-apl-internal-gateway"]
+    internal["spec"]["http"][0]["route"] = [{"destination": {"host": APP, "subset": "v1"}}]
+    emulator.apply([internal])
+    kube = KubeClient(kube_api, retry_seconds=0.5)
+    ctl = Controller(kube=kube, router=get_router("istio", kube), provider_for=get_provider)
+    state = _start(ctl, finish={"collapseRoutes": True, "scaleDownIdle": "1h"})
+    assert (state.virtual_service, state.followers) == (PRIMARY, ["rest-apl-internal"])
+    ctl.commit(rollout.force_promote(state, reason="test", now=ctl.clock()), expect=state)
+
+    kubeconfig = emulator.write_kubeconfig(tmp_path / "kubeconfig")
+    result = CliRunner().invoke(app, ["status", APP, "-n", NS, "--kubeconfig", str(kubeconfig)])
+    assert result.exit_code == 0, result.stderr
+    out = result.stdout
+    assert "moved with it: rest-apl-internal" in out
+    assert "clean-up collapse: pending due from" in out
+    assert "clean-up scale-down rest-apl-v1: pending due from" in out
+    assert "warning: in-mesh traffic to rest-apl" in out
+    assert (
+        "passes through none of the VirtualServices moved (rest-apl-internal, rest-apl-vs:" in out
+    )
+
+
+def test_an_interrupted_undo_is_not_finished_while_the_previous_version_is_unavailable(
+    ctl: Controller, emulator: EmulatorServer
+) -> None:
+    """After the interruption v1 loses its replicas: reconcile reports an error naming
+    rest-apl-v1 and writes nothing (each VirtualService keeps its traffic); once v1 is back,
+    the next pass finishes the undo."""
+    _promoted_and_collapsed(ctl, emulator)
+    emulator.inject("PATCH", rf"/virtualservices/{PRIMARY}$", 503, times=1000)
+    with pytest.raises(ClusterUnavailableError):
+        undo.undo(ctl, app=APP, namespace=NS, vs_names=[])
+    emulator.clear_faults()
+    emulator.set_deployment_available(NS, "rest-apl-v1", False)
+    emulator.clear_writes()
+    [outcome] = reconcile.reconcile(ctl, namespace=NS).outcomes
+    assert outcome.action == "error" and "Deployment rest-apl-v1 is not available" in outcome.detail
+    assert _vs_patches(emulator) == []
+    assert (_weights(emulator, PRIMARY), _weights(emulator, MESH)) == (
+        [[("v2", 100)]],
+        [[("v1", 100)]],
+    )
+    emulator.set_deployment_available(NS, "rest-apl-v1", True)
+    [outcome] = reconcile.reconcile(ctl, namespace=NS).outcomes
+    assert (outcome.action, outcome.phase) == ("undone", "RolledBack")
+    assert _weights(emulator, PRIMARY) == [[("v1", 100)]]

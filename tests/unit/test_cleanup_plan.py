@@ -15,7 +15,7 @@ import yaml
 
 from canaryctl import finish, rollout
 from canaryctl.errors import PolicyError, PreflightError
-from canaryctl.mesh.collapse import collapse_ops, guard, undo_ops
+from canaryctl.mesh.collapse import collapse_ops, guard, routes_to, undo_ops
 from canaryctl.mesh.routes import Destination, apply_patch
 from canaryctl.policy import AnalysisPolicy, parse_policy
 
@@ -54,6 +54,19 @@ def _apply(vs: dict[str, Any], ops: list[dict[str, Any]]) -> dict[str, Any]:
     out = apply_patch(vs, guard(vs, ops, {ROLLOUT: "{}"}))
     istio_schema.validate_virtual_service(out)
     return out
+
+
+def test_routes_to_names_routes_sending_traffic_not_a_zero_weight_entry() -> None:
+    """After the v2 promotion: v1 sits at weight 0 (sends nothing), v2 is named by the jason
+    route and by the split's 100; an unweighted single entry counts as all the traffic."""
+    vs = _promoted_test_v2()
+    assert routes_to(vs, namespace="default", destination=V1) == []
+    assert routes_to(vs, namespace="default", destination=V2) == [
+        "VirtualService reviews http[0]",
+        "VirtualService reviews http[1]",
+    ]
+    fqdn = Destination("reviews.default.svc.cluster.local", "v2")
+    assert len(routes_to(vs, namespace="default", destination=fqdn)) == 2
 
 
 def test_collapse_makes_the_promoted_split_a_plain_route_and_leaves_jason_alone() -> None:
@@ -151,6 +164,8 @@ def _plan(phase: str, spec: dict[str, Any] | None = None) -> list[dict[str, Any]
         phase=phase,
         stable_workload="reviews-v1",
         canary_workload="reviews-v2",
+        stable={"host": "reviews", "subset": "v1"},
+        canary={"host": "reviews", "subset": "v2"},
         now=1000.0,
     )
 

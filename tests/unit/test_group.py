@@ -72,6 +72,20 @@ def test_plain_route_to_stable_becomes_a_split_and_the_jason_route_is_untouched(
     assert weights_of(after, target) == [(80, 20)]
 
 
+def test_a_tester_route_to_the_stable_is_not_split_unless_named_with_route() -> None:
+    """The release after the collapse onto v2: ``jason`` -> v2 pins testers, so only the
+    catch-all to v2 gets v3; ``--route`` naming the tester route moves it too."""
+    vs = _reviews("virtual-service-reviews-test-v2.yaml")
+    vs["spec"]["http"][1]["route"][0]["destination"]["subset"] = "v2"
+    _, after = _first_patch(vs, 20, canary="v3")
+    assert after["spec"]["http"][0] == vs["spec"]["http"][0]
+    assert [_dest(e) for e in after["spec"]["http"][1]["route"]] == [("v2", 80), ("v3", 20)]
+    vs["spec"]["http"][0]["name"] = "testers"
+    _, after = _first_patch(vs, 20, canary="v3", route_names=["testers"])
+    assert [_dest(e) for e in after["spec"]["http"][0]["route"]] == [("v2", 80), ("v3", 20)]
+    assert after["spec"]["http"][1] == vs["spec"]["http"][1]
+
+
 def test_canary_copies_the_stable_host_and_port_and_swaps_the_subset_or_host() -> None:
     vs = _reviews("virtual-service-all-v1.yaml")
     vs["spec"]["http"][0]["route"][0]["destination"] |= {"port": {"number": 9080}}
