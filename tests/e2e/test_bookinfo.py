@@ -114,8 +114,8 @@ def test_release_cycle_from_all_v1_collapses_scales_idle_v1_down_and_spares_the_
     """``--canary v2`` from the plain route to v1 is promoted and collapsed to a plain route to
     v2; v1 is scaled to 0 only after its last request (sidecars see routes 3 s late); then
     ``--canary v3`` from that plain route is promoted and collapsed; the ``jason`` route is
-    exactly as in the sample throughout, so v2, which it names, is not scaled down; every
-    object written passes the CRD schema."""
+    exactly as in the sample throughout, so v2, which it names, is not scaled down; the
+    VirtualService passes the CRD schema after each release (each read validates it)."""
     bookinfo.traffic.propagation = 3.0  # longer than a step: v1 still served after promotion
     jason = copy.deepcopy(bookinfo.reviews()["spec"]["http"][0])
     for canary, stable in (("v2", "v1"), ("v3", "v2")):

@@ -197,7 +197,7 @@ def test_promote_trigger_for_a_canary_that_already_ended_does_not_start_it_again
     assert _weights(emulator, PRIMARY) == _weights(emulator, MESH) == [[("v1", 0), ("v2", 100)]]
 
 
-def _promoted_and_collapsed(ctl: Controller, emulator: EmulatorServer) -> RolloutState:
+def _promoted_and_collapsed(ctl: Controller) -> RolloutState:
     """A rollout over both VirtualServices promoted with ``finish.collapseRoutes`` and an undo
     window, then one reconcile pass: the collapse is its only clean-up task."""
     state = _start(ctl, finish={"collapseRoutes": True, "undoWindow": "10m"})
@@ -205,7 +205,9 @@ def _promoted_and_collapsed(ctl: Controller, emulator: EmulatorServer) -> Rollou
     ctl.commit(done, expect=state)
     [outcome] = reconcile.reconcile(ctl, namespace=NS).outcomes
     assert (outcome.action, outcome.detail) == ("cleanup", "clean-up complete")
-    return operations.locate(ctl, app=APP, namespace=NS, vs_names=[])[1] or done
+    _, collapsed = operations.locate(ctl, app=APP, namespace=NS, vs_names=[])
+    assert collapsed is not None
+    return collapsed
 
 
 def test_collapse_makes_both_virtual_services_plain_and_undo_sends_both_back(
@@ -213,7 +215,7 @@ def test_collapse_makes_both_virtual_services_plain_and_undo_sends_both_back(
 ) -> None:
     """The collapse covers the follower too; undo puts both plain routes back on v1, points
     the follower at weight 0, and the next reconcile pass writes no VirtualService."""
-    state = _promoted_and_collapsed(ctl, emulator)
+    state = _promoted_and_collapsed(ctl)
     assert state.cleanup[0]["routes"] == {MESH: [0], PRIMARY: [0]}
     assert _weights(emulator, PRIMARY) == _weights(emulator, MESH) == [[("v2", 100)]]
 
@@ -239,7 +241,7 @@ def test_an_undo_interrupted_after_the_follower_is_finished_not_reverted(
     follower is not "repaired" back to v2; the next reconcile pass (or the operator's second
     ``undo``) finishes the undo: the primary back on v1, state RolledBack, and a reconcile pass
     after it writes nothing."""
-    _promoted_and_collapsed(ctl, emulator)
+    _promoted_and_collapsed(ctl)
     emulator.inject("PATCH", rf"/virtualservices/{PRIMARY}$", 503, times=1000)
     with pytest.raises(ClusterUnavailableError):
         undo.undo(ctl, app=APP, namespace=NS, vs_names=[])
@@ -301,7 +303,7 @@ def test_an_interrupted_undo_is_not_finished_while_the_previous_version_is_unava
     """After the interruption v1 loses its replicas: reconcile reports an error naming
     rest-apl-v1 and writes nothing (each VirtualService keeps its traffic); once v1 is back,
     the next pass finishes the undo."""
-    _promoted_and_collapsed(ctl, emulator)
+    _promoted_and_collapsed(ctl)
     emulator.inject("PATCH", rf"/virtualservices/{PRIMARY}$", 503, times=1000)
     with pytest.raises(ClusterUnavailableError):
         undo.undo(ctl, app=APP, namespace=NS, vs_names=[])
