@@ -72,6 +72,13 @@ VsOpt = Annotated[
         help="Move this VirtualService (repeatable; default: every one routing the app)",
     ),
 ]
+RouterOpt = Annotated[
+    str,
+    typer.Option(
+        "--router",
+        help="Traffic router: istio | gateway-api | auto (found from what routes the app)",
+    ),
+]
 PromOpt = Annotated[
     str | None, typer.Option("--prometheus-url", help="Overrides spec.prometheus.url")
 ]
@@ -139,6 +146,8 @@ def _controller(
     stop: threading.Event | None = None,
     *,
     namespace: str | None,
+    router: str = "auto",
+    app: str | None = None,
 ) -> Any:
     """The controller of one command. SIGTERM and SIGINT set ``stop`` (given by ``run``,
     whose daemon waits on it; made here otherwise), which ``should_stop`` reads. The daemon
@@ -158,7 +167,7 @@ def _controller(
     kube.istio_version(namespace or "default")
 
     from canaryctl.controller import Controller
-    from canaryctl.mesh._base import get_router
+    from canaryctl.mesh import AUTO, detect, get_router
     from canaryctl.metrics._base import get_provider
 
     stopped = stop if stop is not None else threading.Event()
@@ -175,7 +184,11 @@ def _controller(
     # for promote's policy, in Controller.policy_of for stored ones, in reconcile's start)
     ctl = Controller(
         kube=kube,
-        router=get_router("istio", kube),
+        router=(
+            detect(kube, app=app, namespace=namespace)
+            if router == AUTO
+            else get_router(router, kube)
+        ),
         provider_for=get_provider,
         prometheus_url=prometheus_url,
         progress=progress,
@@ -199,6 +212,7 @@ def promote(
         typer.Option("--route", help="Only the HTTP routes of this name (repeatable)"),
     ] = None,
     prometheus_url: PromOpt = None,
+    router: RouterOpt = "auto",
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Print the plan; write nothing")
     ] = False,
@@ -233,7 +247,15 @@ def promote(
         )
         pol = load_policy(policy).with_prometheus_url(prometheus_url)
         progress = Progress() if output == Output.text else None
-        ctl = _controller(kubeconfig, context, prometheus_url, progress, namespace=namespace)
+        ctl = _controller(
+            kubeconfig,
+            context,
+            prometheus_url,
+            progress,
+            namespace=namespace,
+            router=router,
+            app=app_name,
+        )
         try:
             res = operations.promote(
                 ctl,
@@ -262,6 +284,7 @@ def _simple_verb(verb: str, module: str = "operations") -> Callable[..., None]:
         app_name: AppArg,
         namespace: NamespaceOpt = "default",
         virtual_service: VsOpt = None,
+        router: RouterOpt = "auto",
         output: OutputOpt = Output.text,
         kubeconfig: KubeconfigOpt = None,
         context: ContextOpt = None,
@@ -275,7 +298,9 @@ def _simple_verb(verb: str, module: str = "operations") -> Callable[..., None]:
             _check_names(
                 {"APP": app_name, "--namespace": namespace, "--virtual-service": virtual_service}
             )
-            ctl = _controller(kubeconfig, context, None, namespace=namespace)
+            ctl = _controller(
+                kubeconfig, context, None, namespace=namespace, router=router, app=app_name
+            )
             fn = getattr(importlib.import_module(f"canaryctl.{module}"), verb)
             res = fn(ctl, app=app_name, namespace=namespace, vs_names=virtual_service or [])
             data = res.to_dict()
@@ -311,6 +336,7 @@ app.command(
 def list_cmd(
     namespace: NamespaceOpt = "default",
     all_namespaces: Annotated[bool, typer.Option("--all-namespaces", "-A")] = False,
+    router: RouterOpt = "auto",
     output: OutputOpt = Output.text,
     kubeconfig: KubeconfigOpt = None,
     context: ContextOpt = None,
@@ -324,7 +350,11 @@ def list_cmd(
 
         _check_names({"--namespace": None if all_namespaces else namespace})
         ctl = _controller(
-            kubeconfig, context, None, namespace=None if all_namespaces else namespace
+            kubeconfig,
+            context,
+            None,
+            namespace=None if all_namespaces else namespace,
+            router=router,
         )
         states = operations.list_rollouts(ctl, namespace=None if all_namespaces else namespace)
         data = {
@@ -395,6 +425,7 @@ def backtest_cmd(
 def reconcile_cmd(
     namespace: NamespaceOpt = "default",
     all_namespaces: Annotated[bool, typer.Option("--all-namespaces", "-A")] = False,
+    router: RouterOpt = "auto",
     prometheus_url: PromOpt = None,
     output: OutputOpt = Output.text,
     kubeconfig: KubeconfigOpt = None,
@@ -408,7 +439,11 @@ def reconcile_cmd(
 
         _check_names({"--namespace": None if all_namespaces else namespace})
         ctl = _controller(
-            kubeconfig, context, prometheus_url, namespace=None if all_namespaces else namespace
+            kubeconfig,
+            context,
+            prometheus_url,
+            namespace=None if all_namespaces else namespace,
+            router=router,
         )
         report = reconcile(ctl, namespace=None if all_namespaces else namespace)
         lines = [
@@ -431,6 +466,7 @@ def reconcile_cmd(
 def run_cmd(
     namespace: NamespaceOpt = "default",
     all_namespaces: Annotated[bool, typer.Option("--all-namespaces", "-A")] = False,
+    router: RouterOpt = "auto",
     interval: Annotated[str, typer.Option("--interval", help="Time between passes")] = "10s",
     port: Annotated[int, typer.Option("--port", help="/healthz, /readyz, /metrics")] = 8080,
     lease_namespace: Annotated[
@@ -476,6 +512,7 @@ def run_cmd(
             prometheus_url,
             stop=stop,
             namespace=None if all_namespaces else namespace,
+            router=router,
         )
         try:
             daemon = Daemon(

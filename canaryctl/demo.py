@@ -49,7 +49,7 @@ def run_demo(*, scenario: str, output: str = "text") -> int:
     from canaryctl.controller import Controller
     from canaryctl.errors import UsageError
     from canaryctl.kube import KubeClient
-    from canaryctl.mesh._base import get_router
+    from canaryctl.mesh import get_router
     from canaryctl.metrics.prometheus import PrometheusProvider
     from canaryctl.render import Progress, result_text
 

@@ -7,17 +7,21 @@ in ``routes.py``; this module only reads the objects they need and writes the pa
 from __future__ import annotations
 
 import builtins
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from canaryctl.errors import NotFoundError, PreflightError, TargetNotFoundError
 from canaryctl.kube import KubeClient
-from canaryctl.mesh import group, routes
+from canaryctl.mesh import collapse, group, routes
 from canaryctl.mesh._base import Workloads
-from canaryctl.mesh.routes import Target
+from canaryctl.mesh.collapse import Collapse, Ops
+from canaryctl.mesh.routes import Destination, Known, Target
 
 
 class IstioRouter:
+    name = "istio"
+    kind = "VirtualService"
+
     def __init__(self, kube: KubeClient) -> None:
         self.kube = kube
 
@@ -31,6 +35,34 @@ class IstioRouter:
 
     def app_of(self, route_object: dict[str, Any]) -> str | None:
         return routes.infer_app(route_object)
+
+    def routes_app(self, obj: Mapping[str, Any], *, app: str, namespace: str) -> bool:
+        return group.routes_app(obj, app=app, namespace=namespace)
+
+    def resolve(
+        self,
+        obj: Mapping[str, Any],
+        *,
+        app: str,
+        namespace: str,
+        canary: str | None = None,
+        known: Known = None,
+        route_names: Sequence[str] | None = None,
+    ) -> Target:
+        return group.resolve(
+            obj, app=app, namespace=namespace, canary=canary, known=known, route_names=route_names
+        )
+
+    def weights(self, obj: Mapping[str, Any], target: Target) -> builtins.list[tuple[int, int]]:
+        return routes.weights_of(obj, target)
+
+    def drift(self, obj: Mapping[str, Any], target: Target, weight: int) -> str | None:
+        return group.weights_drift(obj, target, weight)
+
+    def bypass_warning(
+        self, objs: Sequence[Mapping[str, Any]], *, app: str, namespace: str
+    ) -> str | None:
+        return group.mesh_warning(objs, app=app, namespace=namespace)
 
     def list(self, namespace: str | None) -> list[dict[str, Any]]:
         return self.kube.list_istio("virtualservices", namespace)
@@ -146,20 +178,59 @@ class IstioRouter:
                 return routes.deployment_available(d)
         return False, f"Deployment {workload!r} no longer exists"
 
+    def workload_available(self, namespace: str, name: str) -> tuple[bool, str]:
+        found = [d for d in self.kube.list_deployments(namespace) if d["metadata"]["name"] == name]
+        return routes.deployment_available(found[0]) if found else (False, "it does not exist")
+
+    def weight_ops(
+        self,
+        target: Target,
+        obj: Mapping[str, Any],
+        *,
+        canary_weight: int,
+        annotations: Mapping[str, str | None],
+    ) -> Ops:
+        return routes.weight_patch(
+            target, canary_weight=canary_weight, annotations=annotations, vs=obj
+        )
+
     def write(
         self,
         target: Target,
-        vs: dict[str, Any],
+        obj: dict[str, Any],
         *,
         canary_weight: int,
         annotations: dict[str, str | None],
     ) -> dict[str, Any]:
-        ops = routes.weight_patch(
-            target, canary_weight=canary_weight, annotations=annotations, vs=vs
-        )
+        ops = self.weight_ops(target, obj, canary_weight=canary_weight, annotations=annotations)
         return self.kube.patch_virtual_service(target.namespace, target.vs_name, ops)
 
-    def annotate(self, vs: dict[str, Any], annotations: dict[str, str | None]) -> dict[str, Any]:
-        meta = vs["metadata"]
-        ops = routes.annotation_patch(vs, annotations)
+    def annotate(self, obj: dict[str, Any], annotations: dict[str, str | None]) -> dict[str, Any]:
+        return self._send(obj, routes.annotation_patch(obj, annotations))
+
+    def patch(
+        self, obj: Mapping[str, Any], ops: Ops, annotations: Mapping[str, str | None]
+    ) -> dict[str, Any]:
+        return self._send(obj, collapse.guard(obj, ops, annotations))
+
+    def _send(self, obj: Mapping[str, Any], ops: Ops) -> dict[str, Any]:
+        meta = obj["metadata"]
         return self.kube.patch_virtual_service(meta["namespace"], meta["name"], ops)
+
+    def collapse(
+        self, obj: Mapping[str, Any], *, namespace: str, previous: Destination, stable: Destination
+    ) -> Collapse:
+        return collapse.collapse_ops(obj, namespace=namespace, previous=previous, stable=stable)
+
+    def undo(
+        self,
+        obj: Mapping[str, Any],
+        *,
+        namespace: str,
+        previous: Destination,
+        current: Destination,
+        collapsed: Sequence[int],
+    ) -> Ops:
+        return collapse.undo_ops(
+            obj, namespace=namespace, previous=previous, current=current, collapsed=collapsed
+        )
