@@ -69,7 +69,9 @@ VsOpt = Annotated[
     list[str] | None,
     typer.Option(
         "--virtual-service",
-        help="Move this VirtualService (repeatable; default: every one routing the app)",
+        "--http-route",
+        help="Move this VirtualService (HTTPRoute with the Gateway API router) (repeatable; "
+        "default: every one routing the app)",
     ),
 ]
 RouterOpt = Annotated[
@@ -586,6 +588,9 @@ def demo(
     scenario: Annotated[
         str, typer.Option("--scenario", help="healthy | errors | latency")
     ] = "healthy",
+    router: Annotated[
+        str, typer.Option("--router", help="istio | gateway-api: which demo world")
+    ] = "istio",
     output: OutputOpt = Output.text,
     log_level: LogOpt = Level.info,
 ) -> None:
@@ -594,7 +599,7 @@ def demo(
     def body() -> int:
         from canaryctl.demo import run_demo
 
-        return run_demo(scenario=scenario, output=output.value)
+        return run_demo(scenario=scenario, output=output.value, router=router)
 
     _execute(output, log_level, body)
 

@@ -203,7 +203,7 @@ class IstioRouter:
         annotations: dict[str, str | None],
     ) -> dict[str, Any]:
         ops = self.weight_ops(target, obj, canary_weight=canary_weight, annotations=annotations)
-        return self.kube.patch_virtual_service(target.namespace, target.vs_name, ops)
+        return self._send(obj, ops)
 
     def annotate(self, obj: dict[str, Any], annotations: dict[str, str | None]) -> dict[str, Any]:
         return self._send(obj, routes.annotation_patch(obj, annotations))
