@@ -22,7 +22,8 @@ from typing import Any
 
 import jsonschema
 import yaml
-from istio_schema import _metadata_errors, _nullable, _unknown
+
+from tests.istio_schema import _metadata_errors, _nullable, _unknown
 
 GATEWAY_DIR = Path(__file__).resolve().parent / "data" / "gateway-api"
 CRD_FILE = GATEWAY_DIR / "gateway.networking.k8s.io_httproutes.yaml"

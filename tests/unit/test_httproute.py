@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import copy
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -12,9 +10,7 @@ import pytest
 from canaryctl.errors import InputError, PreflightError, UsageError
 from canaryctl.mesh import Destination, apply_patch, get_router
 from canaryctl.mesh.httproute import ops as route_ops
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/, for gateway_schema
-import gateway_schema
+from tests import gateway_schema
 
 ROUTER = get_router("gateway-api", None)  # the pure methods never reach the cluster
 WEIGHTS = [0, 20, 40, 60, 80, 100]
