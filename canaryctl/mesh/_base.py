@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from canaryctl.errors import InputError, NotFoundError, UsageError
+from canaryctl.errors import InputError, NotFoundError, PermissionDeniedError, UsageError
 from canaryctl.mesh.collapse import Collapse, Ops
 from canaryctl.mesh.routes import Destination, Known, Target
 
@@ -171,15 +171,23 @@ def get_router(name: str, kube: Any) -> TrafficRouter:
 def detect(kube: Any, *, app: str | None, namespace: str | None) -> TrafficRouter:
     """The first router (``ROUTERS`` order) with an object in ``namespace`` (None: all)
     routing ``app`` (None: any object at all, for ``reconcile``/``run``/``list``); Istio when
-    none has one (its error then names what was inspected). A cluster running rollouts on both
-    kinds runs one ``reconcile`` per router (``--router``)."""
+    none has one (its error then names what was inspected). A router whose API is not installed
+    is skipped, and so is one we may not read (a Role for HTTPRoutes only), unless no router is
+    found: then that denial is the error. A cluster running rollouts on both kinds runs one
+    ``reconcile`` per router (``--router``)."""
+    denied: PermissionDeniedError | None = None
     for name in ROUTERS:
         router = get_router(name, kube)
         try:
             found = router.list(namespace)
         except (NotFoundError, InputError):  # the API of that router is not installed
             continue
+        except PermissionDeniedError as exc:
+            denied = denied or exc
+            continue
         ns = namespace or ""
         if any(app is None or router.routes_app(o, app=app, namespace=ns) for o in found):
             return router
+    if denied is not None:
+        raise denied
     return get_router("istio", kube)

@@ -118,7 +118,6 @@ BUILTIN_KINDS: tuple[Kind, ...] = (
     Kind(ISTIO_GROUP, ISTIO_VERSIONS, "gateways", "Gateway", True, True),
     Kind(ISTIO_GROUP, ISTIO_VERSIONS, "serviceentries", "ServiceEntry", True, True),
     Kind(GATEWAY_GROUP, ("v1", "v1beta1"), "httproutes", "HTTPRoute", True, True),
-    Kind(GATEWAY_GROUP, ("v1", "v1beta1"), "gateways", "Gateway", True, True),
 )
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from canaryctl.mesh import apply_patch
 from canaryctl.rollout import ANNOTATION
@@ -20,7 +21,8 @@ from tests.e2e.conftest import World
 from tests.gateway_schema import validate_http_route
 
 NS, ROUTE = "gw-apl", "rest-apl-route"
-API = "gateway.networking.k8s.io/v1"
+GATEWAY_GROUP = "gateway.networking.k8s.io"
+API = f"{GATEWAY_GROUP}/v1"
 
 
 class GatewayWorld(World):
@@ -88,3 +90,48 @@ def test_gateway_api_canary_is_promoted_when_healthy_and_rolled_back_when_failin
     while world.sb.traffic.weights != wanted and time.monotonic() < deadline:
         time.sleep(0.1)
     assert world.sb.traffic.weights == wanted
+
+
+def _role_rules() -> set[tuple[str, str, str]]:
+    """examples/cronjob/role.yaml as the emulator's RBAC: (verb, apiGroup, resource)."""
+    role = yaml.safe_load((Path(__file__).parents[2] / "examples/cronjob/role.yaml").read_text())
+    return {
+        (verb, group, resource)
+        for rule in role["rules"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
+
+
+@pytest.mark.parametrize("gateway_world", ["healthy"], indirect=True)
+def test_role_rules_suffice_and_each_httproutes_verb_is_needed(
+    gateway_world: GatewayWorld,
+) -> None:
+    """With examples/cronjob/role.yaml as RBAC the Gateway API commands succeed, nothing
+    denied; without get, list or patch httproutes, promote fails naming that verb."""
+    world = gateway_world
+    rules = _role_rules()
+    world.sb.emulator.set_rbac(rules)
+    policy = str(world.policy(interval="1s"))
+    promote = ["promote", "rest-apl", "-n", NS, "--policy", policy, "--no-wait", "-o", "json"]
+    for args, result in [
+        (promote, "started"),
+        (["reconcile", "-n", NS, "-o", "json"], None),
+        (["status", "rest-apl", "-n", NS, "-o", "json"], "in_progress"),
+        (["rollback", "rest-apl", "-n", NS, "-o", "json"], "rolled_back"),
+    ]:
+        time.sleep(1.1 if args[0] == "reconcile" else 0)  # the step is due
+        res = world.run(*args, timeout=60, prometheus=args[0] in ("promote", "reconcile"))
+        assert res.code == 0 and "forbidden" not in res.stderr.lower(), (args, res.stderr)
+        data = res.json()
+        if result is None:
+            assert [o["action"] for o in data["rollouts"]] in (["advanced"], ["held"]), data
+        else:
+            assert data["result"] == result, data
+    for verb in ("get", "list", "patch"):
+        world.sb.emulator.set_rbac(rules - {(verb, GATEWAY_GROUP, "httproutes")})
+        res = world.run(*promote, timeout=60)
+        assert res.code == 3, (verb, res.stderr)
+        error = [line for line in res.stderr.splitlines() if line.startswith("error: ")]
+        assert len(error) == 1 and verb in error[0] and "httproutes" in error[0], error
