@@ -155,21 +155,25 @@ def _controller(
     whose daemon waits on it; made here otherwise), which ``should_stop`` reads. The daemon
     (``stop`` given) reads through a watch-fed cache.
 
-    The first request every command makes, the Istio API version probe (in ``namespace``,
-    None: all), goes out before the controller's modules are imported: an unreachable or
-    misconfigured cluster is reported without paying for them first."""
+    The first request every command makes (but with ``--router gateway-api``), the Istio API
+    version probe (in ``namespace``, None: all), goes out before the controller's modules are
+    imported: an unreachable or misconfigured cluster is reported without paying for them
+    first."""
     from canaryctl.kube import KubeClient
+    from canaryctl.mesh import AUTO, ROUTERS, detect, get_router
 
+    if router != AUTO and router not in ROUTERS:  # before any request
+        raise UsageError(f"--router: must be one of {', '.join([AUTO, *ROUTERS])}, got {router!r}")
     if stop is not None:
         from canaryctl.cache import CachedKube
 
         kube: KubeClient = CachedKube.connect(kubeconfig=kubeconfig, context=context)
     else:
         kube = KubeClient.connect(kubeconfig=kubeconfig, context=context)
-    kube.istio_version(namespace or "default")
+    if router != "gateway-api":  # a Role for HTTPRoutes alone may not list VirtualServices
+        kube.istio_version(namespace or "default")
 
     from canaryctl.controller import Controller
-    from canaryctl.mesh import AUTO, detect, get_router
     from canaryctl.metrics._base import get_provider
 
     stopped = stop if stop is not None else threading.Event()
