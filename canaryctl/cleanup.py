@@ -24,8 +24,7 @@ from canaryctl.errors import (
 )
 from canaryctl.followers import destinations
 from canaryctl.logs import get_logger
-from canaryctl.mesh.collapse import Ops, collapse_ops, guard, routes_to
-from canaryctl.mesh.routes import Destination
+from canaryctl.mesh import Destination, Ops
 from canaryctl.policy_base import format_duration
 from canaryctl.rollout import ANNOTATION, RolloutState
 
@@ -57,14 +56,11 @@ def write(
             raise StateChangedError(stored, vs)
         ops, written = build(vs)
         try:
-            patch = guard(vs, ops, {ANNOTATION: written.to_json()})
-            return ctl.kube.patch_virtual_service(
-                state.namespace, state.virtual_service, patch
-            ), written
+            return ctl.router.patch(vs, ops, {ANNOTATION: written.to_json()}), written
         except ConflictError:
             ctl.sleep(min(0.05 * 2**attempt, 1.0))
     raise ClusterUnavailableError(
-        f"VirtualService {state.namespace}/{state.virtual_service} kept changing"
+        f"{ctl.router.kind} {state.namespace}/{state.virtual_service} kept changing"
     )
 
 
@@ -108,7 +104,7 @@ def _collapse(ctl: Controller, state: RolloutState, index: int) -> RolloutState:
     routes: dict[str, list[int]] = {}
 
     def collapse(vs: dict[str, Any]) -> tuple[Ops, str]:
-        found = collapse_ops(vs, namespace=state.namespace, previous=previous, stable=stable)
+        found = ctl.router.collapse(vs, namespace=state.namespace, previous=previous, stable=stable)
         routes[str(vs["metadata"]["name"])] = list(found.routes)
         return found.ops, "".join(f"; {s}" for s in found.skipped)
 
@@ -118,7 +114,7 @@ def _collapse(ctl: Controller, state: RolloutState, index: int) -> RolloutState:
         ops, more = collapse(vs)
         skipped += more
         if ops:
-            ctl.kube.patch_virtual_service(state.namespace, name, guard(vs, ops, {}))
+            ctl.router.patch(vs, ops, {})
 
     def route_ops(vs: dict[str, Any]) -> tuple[Ops, str, dict[str, Any]]:
         ops, more = collapse(vs)
@@ -150,7 +146,7 @@ def _still_routed(ctl: Controller, namespace: str, task: dict[str, Any]) -> list
     return [
         found
         for vs in ctl.router.list(namespace)
-        for found in routes_to(vs, namespace=namespace, destination=dest)
+        for found in ctl.router.routes_to(vs, namespace=namespace, destination=dest)
     ]
 
 

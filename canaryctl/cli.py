@@ -69,7 +69,16 @@ VsOpt = Annotated[
     list[str] | None,
     typer.Option(
         "--virtual-service",
-        help="Move this VirtualService (repeatable; default: every one routing the app)",
+        "--http-route",
+        help="Move this VirtualService (HTTPRoute with the Gateway API router) (repeatable; "
+        "default: every one routing the app)",
+    ),
+]
+RouterOpt = Annotated[
+    str,
+    typer.Option(
+        "--router",
+        help="Traffic router: istio | gateway-api | auto (found from what routes the app)",
     ),
 ]
 PromOpt = Annotated[
@@ -139,26 +148,32 @@ def _controller(
     stop: threading.Event | None = None,
     *,
     namespace: str | None,
+    router: str = "auto",
+    app: str | None = None,
 ) -> Any:
     """The controller of one command. SIGTERM and SIGINT set ``stop`` (given by ``run``,
     whose daemon waits on it; made here otherwise), which ``should_stop`` reads. The daemon
     (``stop`` given) reads through a watch-fed cache.
 
-    The first request every command makes, the Istio API version probe (in ``namespace``,
-    None: all), goes out before the controller's modules are imported: an unreachable or
-    misconfigured cluster is reported without paying for them first."""
+    The first request every command makes (but with ``--router gateway-api``), the Istio API
+    version probe (in ``namespace``, None: all), goes out before the controller's modules are
+    imported: an unreachable or misconfigured cluster is reported without paying for them
+    first."""
     from canaryctl.kube import KubeClient
+    from canaryctl.mesh import AUTO, ROUTERS, detect, get_router
 
+    if router != AUTO and router not in ROUTERS:  # before any request
+        raise UsageError(f"--router: must be one of {', '.join([AUTO, *ROUTERS])}, got {router!r}")
     if stop is not None:
         from canaryctl.cache import CachedKube
 
         kube: KubeClient = CachedKube.connect(kubeconfig=kubeconfig, context=context)
     else:
         kube = KubeClient.connect(kubeconfig=kubeconfig, context=context)
-    kube.istio_version(namespace or "default")
+    if router != "gateway-api":  # a Role for HTTPRoutes alone may not list VirtualServices
+        kube.istio_version(namespace or "default")
 
     from canaryctl.controller import Controller
-    from canaryctl.mesh._base import get_router
     from canaryctl.metrics._base import get_provider
 
     stopped = stop if stop is not None else threading.Event()
@@ -175,7 +190,11 @@ def _controller(
     # for promote's policy, in Controller.policy_of for stored ones, in reconcile's start)
     ctl = Controller(
         kube=kube,
-        router=get_router("istio", kube),
+        router=(
+            detect(kube, app=app, namespace=namespace)
+            if router == AUTO
+            else get_router(router, kube)
+        ),
         provider_for=get_provider,
         prometheus_url=prometheus_url,
         progress=progress,
@@ -199,6 +218,7 @@ def promote(
         typer.Option("--route", help="Only the HTTP routes of this name (repeatable)"),
     ] = None,
     prometheus_url: PromOpt = None,
+    router: RouterOpt = "auto",
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Print the plan; write nothing")
     ] = False,
@@ -233,7 +253,15 @@ def promote(
         )
         pol = load_policy(policy).with_prometheus_url(prometheus_url)
         progress = Progress() if output == Output.text else None
-        ctl = _controller(kubeconfig, context, prometheus_url, progress, namespace=namespace)
+        ctl = _controller(
+            kubeconfig,
+            context,
+            prometheus_url,
+            progress,
+            namespace=namespace,
+            router=router,
+            app=app_name,
+        )
         try:
             res = operations.promote(
                 ctl,
@@ -262,6 +290,7 @@ def _simple_verb(verb: str, module: str = "operations") -> Callable[..., None]:
         app_name: AppArg,
         namespace: NamespaceOpt = "default",
         virtual_service: VsOpt = None,
+        router: RouterOpt = "auto",
         output: OutputOpt = Output.text,
         kubeconfig: KubeconfigOpt = None,
         context: ContextOpt = None,
@@ -275,7 +304,9 @@ def _simple_verb(verb: str, module: str = "operations") -> Callable[..., None]:
             _check_names(
                 {"APP": app_name, "--namespace": namespace, "--virtual-service": virtual_service}
             )
-            ctl = _controller(kubeconfig, context, None, namespace=namespace)
+            ctl = _controller(
+                kubeconfig, context, None, namespace=namespace, router=router, app=app_name
+            )
             fn = getattr(importlib.import_module(f"canaryctl.{module}"), verb)
             res = fn(ctl, app=app_name, namespace=namespace, vs_names=virtual_service or [])
             data = res.to_dict()
@@ -311,6 +342,7 @@ app.command(
 def list_cmd(
     namespace: NamespaceOpt = "default",
     all_namespaces: Annotated[bool, typer.Option("--all-namespaces", "-A")] = False,
+    router: RouterOpt = "auto",
     output: OutputOpt = Output.text,
     kubeconfig: KubeconfigOpt = None,
     context: ContextOpt = None,
@@ -324,7 +356,11 @@ def list_cmd(
 
         _check_names({"--namespace": None if all_namespaces else namespace})
         ctl = _controller(
-            kubeconfig, context, None, namespace=None if all_namespaces else namespace
+            kubeconfig,
+            context,
+            None,
+            namespace=None if all_namespaces else namespace,
+            router=router,
         )
         states = operations.list_rollouts(ctl, namespace=None if all_namespaces else namespace)
         data = {
@@ -395,6 +431,7 @@ def backtest_cmd(
 def reconcile_cmd(
     namespace: NamespaceOpt = "default",
     all_namespaces: Annotated[bool, typer.Option("--all-namespaces", "-A")] = False,
+    router: RouterOpt = "auto",
     prometheus_url: PromOpt = None,
     output: OutputOpt = Output.text,
     kubeconfig: KubeconfigOpt = None,
@@ -408,7 +445,11 @@ def reconcile_cmd(
 
         _check_names({"--namespace": None if all_namespaces else namespace})
         ctl = _controller(
-            kubeconfig, context, prometheus_url, namespace=None if all_namespaces else namespace
+            kubeconfig,
+            context,
+            prometheus_url,
+            namespace=None if all_namespaces else namespace,
+            router=router,
         )
         report = reconcile(ctl, namespace=None if all_namespaces else namespace)
         lines = [
@@ -431,6 +472,7 @@ def reconcile_cmd(
 def run_cmd(
     namespace: NamespaceOpt = "default",
     all_namespaces: Annotated[bool, typer.Option("--all-namespaces", "-A")] = False,
+    router: RouterOpt = "auto",
     interval: Annotated[str, typer.Option("--interval", help="Time between passes")] = "10s",
     port: Annotated[int, typer.Option("--port", help="/healthz, /readyz, /metrics")] = 8080,
     lease_namespace: Annotated[
@@ -476,6 +518,7 @@ def run_cmd(
             prometheus_url,
             stop=stop,
             namespace=None if all_namespaces else namespace,
+            router=router,
         )
         try:
             daemon = Daemon(
@@ -549,6 +592,9 @@ def demo(
     scenario: Annotated[
         str, typer.Option("--scenario", help="healthy | errors | latency")
     ] = "healthy",
+    router: Annotated[
+        str, typer.Option("--router", help="istio | gateway-api: which demo world")
+    ] = "istio",
     output: OutputOpt = Output.text,
     log_level: LogOpt = Level.info,
 ) -> None:
@@ -557,7 +603,7 @@ def demo(
     def body() -> int:
         from canaryctl.demo import run_demo
 
-        return run_demo(scenario=scenario, output=output.value)
+        return run_demo(scenario=scenario, output=output.value, router=router)
 
     _execute(output, log_level, body)
 

@@ -35,8 +35,7 @@ from canaryctl.hooks import HookRunner, as_failed_checks
 from canaryctl.kube import KubeClient
 from canaryctl.leases import Lease, default_duration, identity, lease_name
 from canaryctl.logs import get_logger
-from canaryctl.mesh._base import TrafficRouter
-from canaryctl.mesh.group import weights_drift
+from canaryctl.mesh import TrafficRouter
 from canaryctl.metrics._base import MetricsProvider, QueryContext
 from canaryctl.policy import AnalysisPolicy, MetricSpec, PrometheusSpec, parse_policy
 from canaryctl.policy_hooks import GateKind
@@ -192,8 +191,10 @@ class Controller:
                 if state.phase == "Paused":
                     written = self.router.annotate(vs, annotations)
                 else:
-                    target = followers.target_of(state, vs, canary_override)
-                    changed = weights_drift(vs, target, expect.weight) if guard and expect else None
+                    target = followers.target_of(self.router, state, vs, canary_override)
+                    changed = (
+                        self.router.drift(vs, target, expect.weight) if guard and expect else None
+                    )
                     if changed is not None:
                         raise WeightsChangedError(changed)
                     written = self.router.write(
@@ -327,10 +328,10 @@ class Controller:
             if _written_since(stored, state):
                 raise StateChangedError(stored, vs)
             others = followers.sync(self.router, state, guard=True, sleep=self.sleep)  # repair 1st
-            changed = followers.drift(state, vs, others)
+            changed = followers.drift(self.router, state, vs, others)
             if changed is not None:
                 return self.pause_for_change(state, changed)
-            target = followers.target_of(state, vs)
+            target = followers.target_of(self.router, state, vs)
             ok, why = self.router.canary_available(target, state.canary_workload)
             if not ok:
                 new = rollout.rollback(

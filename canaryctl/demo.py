@@ -4,7 +4,8 @@ It starts the sandbox (the same code the tests use: a Kubernetes API emulator pr
 ``examples/rest-apl``, a traffic simulator that follows the VirtualService weights and serves
 Istio's metrics, and a real Prometheus on loopback) and runs the real ``promote`` against it
 with a fast policy (4 s steps), so a healthy canary is promoted and a bad one rolled back in
-well under a minute.
+well under a minute. ``--router gateway-api`` runs the same on the Gateway API world
+(``examples/gateway-api``: an HTTPRoute splitting ``rest-apl-primary``/``rest-apl-canary``).
 """
 
 from __future__ import annotations
@@ -44,17 +45,19 @@ DEMO_POLICY: dict[str, Any] = {
 }
 
 
-def run_demo(*, scenario: str, output: str = "text") -> int:
+def run_demo(*, scenario: str, output: str = "text", router: str = "istio") -> int:
     from canaryctl import operations
     from canaryctl.controller import Controller
     from canaryctl.errors import UsageError
     from canaryctl.kube import KubeClient
-    from canaryctl.mesh._base import get_router
+    from canaryctl.mesh import ROUTERS, get_router
     from canaryctl.metrics.prometheus import PrometheusProvider
     from canaryctl.render import Progress, result_text
 
     if scenario not in SCENARIOS:
         raise UsageError(f"--scenario: must be one of {', '.join(SCENARIOS)}, got {scenario!r}")
+    if router not in ROUTERS:
+        raise UsageError(f"--router: must be one of {', '.join(ROUTERS)}, got {router!r}")
     try:
         from canaryctl.sandbox.world import Sandbox
     except ImportError as exc:
@@ -64,8 +67,8 @@ def run_demo(*, scenario: str, output: str = "text") -> int:
         ) from None
 
     started = time.monotonic()
-    log.info("demo.start", scenario=scenario, expect=SCENARIOS[scenario])
-    with Sandbox(scenario=scenario) as sandbox:
+    log.info("demo.start", scenario=scenario, router=router, expect=SCENARIOS[scenario])
+    with Sandbox(scenario=scenario, router=router) as sandbox:
         sandbox.wait_ready()
         log.info(
             "demo.ready",
@@ -80,7 +83,7 @@ def run_demo(*, scenario: str, output: str = "text") -> int:
         progress = Progress() if output == "text" else None
         ctl = Controller(
             kube=kube,
-            router=get_router("istio", kube),
+            router=get_router(router, kube),
             provider_for=PrometheusProvider,
             progress=progress,
         )
@@ -93,6 +96,7 @@ def run_demo(*, scenario: str, output: str = "text") -> int:
                 progress.done()
     data = res.to_dict()
     data["scenario"] = scenario
+    data["router"] = router
     data["seconds"] = round(time.monotonic() - started, 1)
     if output == "json":
         sys.stdout.write(json.dumps(data, sort_keys=True, default=str) + "\n")

@@ -20,9 +20,7 @@ from typing import Any
 
 from canaryctl.errors import ConflictError, InputError, PreflightError, TargetNotFoundError
 from canaryctl.logs import get_logger
-from canaryctl.mesh._base import TrafficRouter
-from canaryctl.mesh.group import resolve, weights_drift
-from canaryctl.mesh.routes import Destination, Target
+from canaryctl.mesh import Destination, Target, TrafficRouter
 from canaryctl.rollout import REF_ANNOTATION, RolloutState
 
 log = get_logger("canaryctl.followers")
@@ -35,9 +33,11 @@ def destinations(state: RolloutState) -> tuple[Destination, Destination]:
     )
 
 
-def target_of(state: RolloutState, vs: dict[str, Any], canary: str | None = None) -> Target:
+def target_of(
+    router: TrafficRouter, state: RolloutState, vs: dict[str, Any], canary: str | None = None
+) -> Target:
     """The rollout's split in ``vs``: by its recorded destinations, or ``canary``."""
-    return resolve(
+    return router.resolve(
         vs,
         app=state.app,
         namespace=state.namespace,
@@ -82,31 +82,31 @@ def lagging(state: RolloutState, listed: Mapping[str, Mapping[str, Any]]) -> lis
     return out
 
 
-def _follower_target(state: RolloutState, vs: dict[str, Any]) -> Target:
+def _follower_target(router: TrafficRouter, state: RolloutState, vs: dict[str, Any]) -> Target:
     """The split of a follower: the rollout's pair, or (not written by this rollout yet, still
     splitting the previous release) the canary rewritten, with the same stable."""
     try:
-        return target_of(state, vs)
+        return target_of(router, state, vs)
     except PreflightError:
         if _mine(state, read_ref(vs)):
             raise
     side = state.canary.get("subset") or state.canary["host"]
-    target = target_of(state, vs, canary=side)
+    target = target_of(router, state, vs, canary=side)
     if target.stable.key(state.namespace) != destinations(state)[0].key(state.namespace):
         raise PreflightError(
-            f"VirtualService {target.vs_name} sends most of {state.app} to "
+            f"{router.kind} {target.vs_name} sends most of {state.app} to "
             f"{target.stable.label()}, not to the stable {destinations(state)[0].label()}"
         )
     return target
 
 
-def follower_drift(state: RolloutState, vs: dict[str, Any]) -> str | None:
+def follower_drift(router: TrafficRouter, state: RolloutState, vs: dict[str, Any]) -> str | None:
     """How another writer changed a follower this rollout wrote (None: it did not)."""
     ref = read_ref(vs)
     if not _mine(state, ref):
         return None
     try:
-        return weights_drift(vs, target_of(state, vs), int(ref.get("weight", -1)))
+        return router.drift(vs, target_of(router, state, vs), int(ref.get("weight", -1)))
     except InputError as exc:
         return exc.message
 
@@ -138,16 +138,16 @@ def sync(
             except TargetNotFoundError:
                 log.warning("follower.gone", vs=name)
                 break
-            if undone(state, vs) or (guard and follower_drift(state, vs) is not None):
+            if undone(state, vs) or (guard and follower_drift(router, state, vs) is not None):
                 break
             try:
-                target = _follower_target(state, vs)
+                target = _follower_target(router, state, vs)
             except InputError as exc:  # re-pointed by another writer: nothing safe to weight
                 log.warning("follower.unmovable", vs=name, reason=exc.message)
                 break
             ref = read_ref(vs)
             written = _mine(state, ref) and ref.get("weight") == state.weight
-            if written and weights_drift(vs, target, state.weight) is None:
+            if written and router.drift(vs, target, state.weight) is None:
                 break
             try:
                 seen[name] = router.write(
@@ -162,15 +162,18 @@ def sync(
 
 
 def drift(
-    state: RolloutState, vs: dict[str, Any], others: Mapping[str, dict[str, Any]]
+    router: TrafficRouter,
+    state: RolloutState,
+    vs: dict[str, Any],
+    others: Mapping[str, dict[str, Any]],
 ) -> str | None:
     """How another writer changed the primary ``vs`` or a follower (``others``, as ``sync``
     left them) since canaryctl wrote them (a route gone or re-pointed counts too); None when
     nothing changed."""
     try:
-        found = weights_drift(vs, target_of(state, vs), state.weight)
+        found = router.drift(vs, target_of(router, state, vs), state.weight)
     except InputError as exc:
         return exc.message
     for other in others.values():
-        found = found or follower_drift(state, other)
+        found = found or follower_drift(router, state, other)
     return found

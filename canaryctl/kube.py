@@ -361,6 +361,45 @@ class KubeClient:
             content_type=JSON_PATCH,
         )
 
+    # --- any other routing API (mesh/ routers beyond Istio: Gateway API, ...) ---------------
+    # Generic, so that a new router needs no change here: ``group_version`` is "group/version".
+    def list_custom(
+        self, group_version: str, plural: str, namespace: str | None
+    ) -> list[dict[str, Any]]:
+        where = f"in namespace {namespace}" if namespace else "in all namespaces"
+        group = group_version.split("/")[0]
+        path = self._path(group_version, plural, namespace)
+        res = self._request("list", f"{plural}.{group} {where}", "GET", path)
+        return list(res.get("items") or [])
+
+    def get_custom(
+        self, group_version: str, plural: str, namespace: str, name: str
+    ) -> dict[str, Any]:
+        group = group_version.split("/")[0]
+        path = self._path(group_version, plural, namespace, name)
+        what = f'{plural}.{group} "{name}" in namespace {namespace}'
+        return self._request("get", what, "GET", path)
+
+    def patch_custom(
+        self,
+        group_version: str,
+        plural: str,
+        *,
+        namespace: str,
+        name: str,
+        ops: list[dict[str, Any]],
+    ) -> dict[str, Any]:
+        """One RFC 6902 JSON patch (sent with its own content type, as for VirtualServices)."""
+        group = group_version.split("/")[0]
+        return self._request(
+            "patch",
+            f'{plural}.{group} "{name}" in namespace {namespace}',
+            "PATCH",
+            self._path(group_version, plural, namespace, name),
+            body=ops,
+            content_type=JSON_PATCH,
+        )
+
     # --- core / apps ------------------------------------------------------------------------
     def list_deployments(self, namespace: str) -> list[dict[str, Any]]:
         res = self._request(

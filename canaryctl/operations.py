@@ -25,15 +25,14 @@ from canaryctl.errors import (
 )
 from canaryctl.hooks import UrlFileError, dest, target_url
 from canaryctl.logs import get_logger
-from canaryctl.mesh._base import Workloads
-from canaryctl.mesh.group import Member, mesh_warning
-from canaryctl.mesh.routes import apply_patch, weight_patch, weights_of
+from canaryctl.mesh import Target, TrafficRouter, Workloads, apply_patch
 from canaryctl.metrics._base import QueryContext
 from canaryctl.policy import AnalysisPolicy
 from canaryctl.policy_hooks import UrlSource
 from canaryctl.rollout import ANNOTATION, RolloutState
 
 log = get_logger("canaryctl")
+Member = tuple[Target, dict[str, Any]]  # the split to drive and the object it was found in
 
 _EXIT = {"Promoted": EXIT_OK, "RolledBack": EXIT_ROLLED_BACK, "Failed": EXIT_INFRA}
 RESULTS = {"Promoted": "promoted", "RolledBack": "rolled_back", "Failed": "failed"}
@@ -168,7 +167,7 @@ def promote(
         candidates=candidates,
     )
     target = members[0][0]
-    warnings = _warnings(members, app=app, namespace=namespace)
+    warnings = _warnings(ctl.router, members, app=app, namespace=namespace)
     workloads = ctl.router.preflight(target)
     spec = policy.spec
     provider = ctl.provider_for(spec.prometheus)
@@ -194,14 +193,14 @@ def promote(
         plans = []
         for t, obj in members:
             ann = {ANNOTATION: state.to_json()} if t is target else {}
-            ops = weight_patch(t, canary_weight=state.weight, annotations=ann, vs=obj)
+            ops = ctl.router.weight_ops(t, obj, canary_weight=state.weight, annotations=ann)
             plans.append(
                 {
                     "virtualService": t.vs_name,
                     "mode": t.mode,
-                    "currentWeights": weights_of(obj, t),
+                    "currentWeights": ctl.router.weights(obj, t),
                     "firstPatch": ops,
-                    "weightsAfterFirstPatch": weights_of(apply_patch(obj, ops), t),
+                    "weightsAfterFirstPatch": ctl.router.weights(apply_patch(obj, ops), t),
                 }
             )
         plan = {**plans[0], "steps": state.steps, "interval": spec.interval, "followers": plans[1:]}
@@ -284,11 +283,13 @@ def begin_rollout(
     )
 
 
-def _warnings(members: Sequence[Member], *, app: str, namespace: str) -> dict[str, list[str]]:
+def _warnings(
+    router: TrafficRouter, members: Sequence[Member], *, app: str, namespace: str
+) -> dict[str, list[str]]:
     """``{"warnings": [...]}`` for the result (and logged) when in-mesh callers bypass the
     VirtualServices moved; ``{}`` otherwise. A warning, not an error: the gateway traffic is
     still shifted and judged."""
-    text = mesh_warning([vs for _, vs in members], app=app, namespace=namespace)
+    text = router.bypass_warning([vs for _, vs in members], app=app, namespace=namespace)
     if text is None:
         return {}
     log.warning("mesh.bypassed", detail=text)
@@ -435,7 +436,7 @@ def status(ctl: Controller, *, app: str, namespace: str, vs_names: Sequence[str]
         moved = [v for v in candidates if v["metadata"]["name"] in names]
         res = from_state(state, app)
         res.exit_code = EXIT_OK
-        text = mesh_warning(moved, app=app, namespace=namespace)
+        text = ctl.router.bypass_warning(moved, app=app, namespace=namespace)
         res.extra.update({"warnings": [text]} if text else {})
         return res
     members = ctl.router.find(app=app, namespace=namespace, names=vs_names, candidates=candidates)
@@ -450,8 +451,8 @@ def status(ctl: Controller, *, app: str, namespace: str, vs_names: Sequence[str]
         f"{target.stable.label()} and {target.canary_weight}% to {target.canary.label()}",
         {
             "virtualService": target.vs_name,
-            "weights": weights_of(vs, target),
-            **_warnings(members, app=app, namespace=namespace),
+            "weights": ctl.router.weights(vs, target),
+            **_warnings(ctl.router, members, app=app, namespace=namespace),
         },
     )
 

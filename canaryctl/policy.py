@@ -52,6 +52,7 @@ TEMPLATE_VARIABLES = (
     "workload",
     "window",
     "interval",
+    "reporter",  # one of PrometheusSpec.reporter's three literals
 )
 _TEMPLATE_RE = re.compile(r"\{\{\s*([^{}]*?)\s*\}\}")
 
@@ -63,7 +64,8 @@ class MetricSpec(StrictModel):
     query: str | None = Field(
         default=None,
         description="PromQL returning one number; may use {{ canary_workload }}, "
-        "{{ stable_workload }}, {{ workload }}, {{ namespace }}, {{ app }}, {{ window }}",
+        "{{ stable_workload }}, {{ workload }}, {{ namespace }}, {{ app }}, {{ window }}, "
+        "{{ reporter }}",
     )
     min: float | None = Field(default=None, description="Pass when value >= min")
     max: float | None = Field(default=None, description="Pass when value <= max")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import Literal
 
 from pydantic import Field, field_validator
 
@@ -46,6 +47,14 @@ class PrometheusSpec(StrictModel):
         "(not for secrets: the policy is stored with the rollout)",
     )
     tls: TLSSpec = Field(default_factory=TLSSpec, description="TLS verification")
+    reporter: Literal["destination", "source", "waypoint"] = Field(
+        default="destination",
+        description="Which proxy's report of Istio's standard metrics the built-in queries "
+        "read (the label `reporter`): the destination sidecar (default), the source sidecar "
+        "(callers' view, including their retries and timeouts), or the waypoint (ambient "
+        "mode, where pods have no sidecar and only ztunnel/waypoints report); also "
+        "{{ reporter }} in custom queries",
+    )
 
     @field_validator("url")
     @classmethod

@@ -19,8 +19,6 @@ from canaryctl.errors import EXIT_OK, PreflightError, RolloutStateError, UsageEr
 from canaryctl.followers import destinations
 from canaryctl.hooks import dest
 from canaryctl.logs import get_logger
-from canaryctl.mesh.collapse import guard, undo_ops
-from canaryctl.mesh.routes import deployment_available
 from canaryctl.operations import Result, locate
 from canaryctl.rollout import REF_ANNOTATION, RolloutState
 
@@ -84,8 +82,7 @@ def finish_interrupted(
 def _require_previous(ctl: Controller, state: RolloutState) -> None:
     """The previous version's Deployment exists and has an available replica (else exit 2)."""
     name = state.stable_workload
-    found = [d for d in ctl.kube.list_deployments(state.namespace) if d["metadata"]["name"] == name]
-    ok, why = deployment_available(found[0]) if found else (False, "it does not exist")
+    ok, why = ctl.router.workload_available(state.namespace, name)
     if not ok:
         raise PreflightError(
             f"undo: the previous version's Deployment {name} is not available ({why}); "
@@ -104,7 +101,7 @@ def _undo(ctl: Controller, state: RolloutState, *, by: str) -> Result:
 
     def ops_for(vs: dict[str, Any]) -> list[dict[str, Any]]:
         indexes = routes.get(str(vs["metadata"]["name"]), [])
-        return undo_ops(
+        return ctl.router.undo(
             vs, namespace=state.namespace, previous=previous, current=current, collapsed=indexes
         )
 
@@ -112,7 +109,7 @@ def _undo(ctl: Controller, state: RolloutState, *, by: str) -> Result:
     for name in state.followers:
         vs = ctl.router.read(state.namespace, name)
         if not followers.undone(state, vs):  # else done before an interruption
-            ctl.kube.patch_virtual_service(state.namespace, name, guard(vs, ops_for(vs), pointer))
+            ctl.router.patch(vs, ops_for(vs), pointer)
 
     def build(vs: dict[str, Any]) -> tuple[list[dict[str, Any]], RolloutState]:
         return ops_for(vs), new

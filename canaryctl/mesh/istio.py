@@ -1,25 +1,55 @@
 """Istio router: VirtualService / DestinationRule / Deployment access through ``kube.py``.
 
 The decisions (which routes, which destination is stable, what the patch is) are pure and live
-in ``routes.py``; this module only reads the objects they need and writes the patch.
+in ``routes.py``/``group.py``/``collapse.py``; this module only reads the objects they need and
+writes the patch. Three hooks (``_view``, ``_ops``, ``_words``) let a router whose objects say
+the same thing in other fields reuse all of it (``gateway.py``: HTTPRoutes); for Istio they are
+the identity.
 """
 
 from __future__ import annotations
 
 import builtins
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
-from canaryctl.errors import NotFoundError, PreflightError, TargetNotFoundError
+from canaryctl.errors import InputError, NotFoundError, PreflightError, TargetNotFoundError
 from canaryctl.kube import KubeClient
-from canaryctl.mesh import group, routes
+from canaryctl.mesh import collapse, group, routes
 from canaryctl.mesh._base import Workloads
-from canaryctl.mesh.routes import Target
+from canaryctl.mesh.collapse import Collapse, Ops
+from canaryctl.mesh.routes import Destination, Known, Target
+
+T = TypeVar("T")
 
 
 class IstioRouter:
+    name = "istio"
+    kind = "VirtualService"
+    api = "Istio"  # what must be installed for ``kind`` to exist
+
     def __init__(self, kube: KubeClient) -> None:
         self.kube = kube
+
+    # --- the hooks: the object as the split logic reads it, its patches, its words ----------
+    def _view(self, obj: Mapping[str, Any]) -> Mapping[str, Any]:
+        return obj
+
+    def _ops(self, ops: Ops) -> Ops:
+        return ops
+
+    def _words(self, text: str) -> str:
+        return text
+
+    def _worded(self, fn: Callable[[], T]) -> T:
+        """``fn()``, its input errors in this router's words (same class: same exit code)."""
+        try:
+            return fn()
+        except InputError as exc:
+            worded = self._words(exc.message)
+            if worded == exc.message:
+                raise
+            raise type(exc)(worded) from None
 
     def read(self, namespace: str, name: str) -> dict[str, Any]:
         try:
@@ -30,7 +60,44 @@ class IstioRouter:
             ) from None
 
     def app_of(self, route_object: dict[str, Any]) -> str | None:
-        return routes.infer_app(route_object)
+        return routes.infer_app(self._view(route_object))
+
+    def routes_app(self, obj: Mapping[str, Any], *, app: str, namespace: str) -> bool:
+        return group.routes_app(self._view(obj), app=app, namespace=namespace)
+
+    def resolve(
+        self,
+        obj: Mapping[str, Any],
+        *,
+        app: str,
+        namespace: str,
+        canary: str | None = None,
+        known: Known = None,
+        route_names: Sequence[str] | None = None,
+    ) -> Target:
+        view = self._view(obj)
+        return self._worded(
+            lambda: group.resolve(
+                view,
+                app=app,
+                namespace=namespace,
+                canary=canary,
+                known=known,
+                route_names=route_names,
+            )
+        )
+
+    def weights(self, obj: Mapping[str, Any], target: Target) -> builtins.list[tuple[int, int]]:
+        return routes.weights_of(self._view(obj), target)
+
+    def drift(self, obj: Mapping[str, Any], target: Target, weight: int) -> str | None:
+        found = group.weights_drift(self._view(obj), target, weight)
+        return None if found is None else self._words(found)
+
+    def bypass_warning(
+        self, objs: Sequence[Mapping[str, Any]], *, app: str, namespace: str
+    ) -> str | None:
+        return group.mesh_warning(objs, app=app, namespace=namespace)
 
     def list(self, namespace: str | None) -> list[dict[str, Any]]:
         return self.kube.list_istio("virtualservices", namespace)
@@ -38,14 +105,14 @@ class IstioRouter:
     def candidates(
         self, namespace: str, names: Sequence[str] = ()
     ) -> builtins.list[dict[str, Any]]:
-        """The VirtualServices named ``names``, or all of the namespace."""
+        """The routing objects named ``names``, or all of the namespace."""
         if names:
             return [self.read(namespace, name) for name in names]
         try:
             return self.list(namespace)
         except NotFoundError:
             raise TargetNotFoundError(
-                f"namespace {namespace!r} has no VirtualServices (is Istio installed?)"
+                f"namespace {namespace!r} has no {self.kind}s (is {self.api} installed?)"
             ) from None
 
     def find(
@@ -61,16 +128,19 @@ class IstioRouter:
     ) -> builtins.list[tuple[Target, dict[str, Any]]]:
         if candidates is None:
             candidates = self.candidates(namespace, names)
-        found = group.find_group(
-            candidates,
-            app=app,
-            namespace=namespace,
-            names=names,
-            canary=canary,
-            route_names=route_names,
-            primary=primary,
+        by_name = {str(c["metadata"]["name"]): c for c in candidates}
+        found = self._worded(
+            lambda: group.find_group(
+                [self._view(c) for c in candidates],
+                app=app,
+                namespace=namespace,
+                names=names,
+                canary=canary,
+                route_names=route_names,
+                primary=primary,
+            )
         )
-        return [(target, dict(vs)) for target, vs in found]
+        return [(target, dict(by_name[target.vs_name])) for target, _ in found]
 
     @staticmethod
     def _deployment(
@@ -146,20 +216,80 @@ class IstioRouter:
                 return routes.deployment_available(d)
         return False, f"Deployment {workload!r} no longer exists"
 
+    def workload_available(self, namespace: str, name: str) -> tuple[bool, str]:
+        found = [d for d in self.kube.list_deployments(namespace) if d["metadata"]["name"] == name]
+        return routes.deployment_available(found[0]) if found else (False, "it does not exist")
+
+    def weight_ops(
+        self,
+        target: Target,
+        obj: Mapping[str, Any],
+        *,
+        canary_weight: int,
+        annotations: Mapping[str, str | None],
+    ) -> Ops:
+        return self._ops(
+            routes.weight_patch(
+                target, canary_weight=canary_weight, annotations=annotations, vs=self._view(obj)
+            )
+        )
+
     def write(
         self,
         target: Target,
-        vs: dict[str, Any],
+        obj: dict[str, Any],
         *,
         canary_weight: int,
         annotations: dict[str, str | None],
     ) -> dict[str, Any]:
-        ops = routes.weight_patch(
-            target, canary_weight=canary_weight, annotations=annotations, vs=vs
-        )
-        return self.kube.patch_virtual_service(target.namespace, target.vs_name, ops)
+        ops = self.weight_ops(target, obj, canary_weight=canary_weight, annotations=annotations)
+        return self._send(obj, ops)
 
-    def annotate(self, vs: dict[str, Any], annotations: dict[str, str | None]) -> dict[str, Any]:
-        meta = vs["metadata"]
-        ops = routes.annotation_patch(vs, annotations)
+    def annotate(self, obj: dict[str, Any], annotations: dict[str, str | None]) -> dict[str, Any]:
+        return self._send(obj, routes.annotation_patch(obj, annotations))
+
+    def patch(
+        self, obj: Mapping[str, Any], ops: Ops, annotations: Mapping[str, str | None]
+    ) -> dict[str, Any]:
+        return self._send(obj, collapse.guard(obj, ops, annotations))
+
+    def _send(self, obj: Mapping[str, Any], ops: Ops) -> dict[str, Any]:
+        meta = obj["metadata"]
         return self.kube.patch_virtual_service(meta["namespace"], meta["name"], ops)
+
+    def routes_to(
+        self, obj: Mapping[str, Any], *, namespace: str, destination: Destination
+    ) -> builtins.list[str]:
+        found = collapse.routes_to(self._view(obj), namespace=namespace, destination=destination)
+        return [self._words(where) for where in found]
+
+    def collapse(
+        self, obj: Mapping[str, Any], *, namespace: str, previous: Destination, stable: Destination
+    ) -> Collapse:
+        found = collapse.collapse_ops(
+            self._view(obj), namespace=namespace, previous=previous, stable=stable
+        )
+        skipped = tuple(self._words(s) for s in found.skipped)
+        return Collapse(found.routes, skipped, self._ops(found.ops))
+
+    def undo(
+        self,
+        obj: Mapping[str, Any],
+        *,
+        namespace: str,
+        previous: Destination,
+        current: Destination,
+        collapsed: Sequence[int],
+    ) -> Ops:
+        view = self._view(obj)
+        return self._ops(
+            self._worded(
+                lambda: collapse.undo_ops(
+                    view,
+                    namespace=namespace,
+                    previous=previous,
+                    current=current,
+                    collapsed=collapsed,
+                )
+            )
+        )

@@ -1,7 +1,8 @@
 """Prometheus provider: the HTTP API (requests + tenacity) and the built-in Istio queries.
 
-Built-in queries use Istio's standard metrics as scraped from the destination sidecar
-(``reporter="destination"``), selected by ``destination_workload_namespace`` and
+Built-in queries use Istio's standard metrics as reported by the destination sidecar
+(``reporter="destination"``; ``spec.prometheus.reporter`` chooses ``source`` or, for ambient
+mode's waypoints, ``waypoint``), selected by ``destination_workload_namespace`` and
 ``destination_workload`` (the Deployment's name). Label values are validated names and are
 also escaped as PromQL string literals, so a name can never change what a query means.
 
@@ -64,34 +65,40 @@ def checked_name(value: str, what: str) -> str:
     return value
 
 
-def selector(namespace: str, workload: str, extra: str = "") -> str:
+def selector(namespace: str, workload: str, *, reporter: str = "destination") -> str:
     ns = promql_string(checked_name(namespace, "namespace"))
     wl = promql_string(checked_name(workload, "workload"))
-    sel = f'reporter="destination",destination_workload_namespace={ns},destination_workload={wl}'
-    return f"{sel},{extra}" if extra else sel
+    rep = promql_string(reporter)
+    return f"reporter={rep},destination_workload_namespace={ns},destination_workload={wl}"
 
 
-def builtin_query(name: str, *, namespace: str, workload: str, window: str) -> str:
-    return _builtin(name, selector(namespace, workload), window=window, by="")
+def builtin_query(
+    name: str, *, namespace: str, workload: str, window: str, reporter: str = "destination"
+) -> str:
+    return _builtin(name, selector(namespace, workload, reporter=reporter), window=window, by="")
 
 
 WORKLOAD_LABELS = ("destination_workload_namespace", "destination_workload")
 GROUP_BY = ", ".join(WORKLOAD_LABELS)
 
 
-def grouped_query(name: str, workloads: list[tuple[str, str]], *, window: str) -> str:
+def grouped_query(
+    name: str, workloads: list[tuple[str, str]], *, window: str, reporter: str = "destination"
+) -> str:
     """``builtin_query`` for many (namespace, workload) pairs at once, one series per pair
     (labelled ``WORKLOAD_LABELS``): the value of each series is the value ``builtin_query``
     gives for that pair, and a pair without data has no series, as it has no sample there."""
-    return _builtin(name, grouped_selector(workloads), window=window, by=GROUP_BY)
+    sel = grouped_selector(workloads, reporter=reporter)
+    return _builtin(name, sel, window=window, by=GROUP_BY)
 
 
-def grouped_selector(workloads: list[tuple[str, str]]) -> str:
+def grouped_selector(workloads: list[tuple[str, str]], *, reporter: str = "destination") -> str:
     """``selector`` for many pairs (a superset when they span namespaces: callers pick)."""
     namespaces = sorted({checked_name(ns, "namespace") for ns, _ in workloads})
     names = sorted({checked_name(wl, "workload") for _, wl in workloads})
     return (
-        f'reporter="destination",destination_workload_namespace=~{_alternatives(namespaces)},'
+        f"reporter={promql_string(reporter)},"
+        f"destination_workload_namespace=~{_alternatives(namespaces)},"
         f"destination_workload=~{_alternatives(names)}"
     )
 
@@ -158,6 +165,7 @@ class PrometheusProvider:
         # raw series by (name, namespace, workload, end), with their span: see prefetch_counts
         self._matrices: dict[tuple[str, str, str, float], tuple[int, list[Series]]] = {}
         self.session.headers.update(spec.headers)
+        self.reporter = spec.reporter  # which proxy's report the built-in queries read
         # passed with every request: a session-level setting loses to REQUESTS_CA_BUNDLE
         self.verify: bool | str = (
             False if spec.tls.insecureSkipVerify else (spec.tls.caFile or True)
@@ -290,7 +298,11 @@ class PrometheusProvider:
         window = format_duration(ctx.window_seconds)
         if metric.builtin:
             return builtin_query(
-                metric.name, namespace=ctx.namespace, workload=workload, window=window
+                metric.name,
+                namespace=ctx.namespace,
+                workload=workload,
+                window=window,
+                reporter=self.reporter,
             )
         assert metric.query is not None
         variables = {
@@ -301,6 +313,7 @@ class PrometheusProvider:
             "workload": checked_name(workload, "workload"),
             "window": window,
             "interval": window,
+            "reporter": self.reporter,
         }
         return render_query(metric.query, variables)
 
@@ -325,12 +338,15 @@ class PrometheusProvider:
             by_pair = {
                 (labels.get(WORKLOAD_LABELS[0]), labels.get(WORKLOAD_LABELS[1])): value
                 for labels, value in self.query(
-                    grouped_query(name, sorted(pairs), window=window), at=at
+                    grouped_query(name, sorted(pairs), window=window, reporter=self.reporter),
+                    at=at,
                 )
             }
             for ns, wl in pairs:
                 value = by_pair.get((ns, wl))
-                query = builtin_query(name, namespace=ns, workload=wl, window=window)
+                query = builtin_query(
+                    name, namespace=ns, workload=wl, window=window, reporter=self.reporter
+                )
                 self._answers[(query, at)] = (
                     (value, None) if value is not None else (None, "no data")
                 )
@@ -338,7 +354,11 @@ class PrometheusProvider:
     def measure(self, metric: MetricSpec, ctx: QueryContext) -> Measurement:
         window = format_duration(ctx.window_seconds)
         req_q = builtin_query(
-            "request-count", namespace=ctx.namespace, workload=ctx.canary_workload, window=window
+            "request-count",
+            namespace=ctx.namespace,
+            workload=ctx.canary_workload,
+            window=window,
+            reporter=self.reporter,
         )
         requests_value, req_note = self.scalar(req_q, at=ctx.at)
         if ctx.at is not None:
@@ -367,7 +387,7 @@ class PrometheusProvider:
             return
         pairs = sorted({(ns, wl) for ns, wl, _ in windows})
         span = _span(min(start for _, _, start in windows), end)
-        sel = grouped_selector(pairs)
+        sel = grouped_selector(pairs, reporter=self.reporter)
         for name in (REQUESTS, BUCKETS) if buckets else (REQUESTS,):
             by_pair: dict[tuple[str, str], list[Series]] = {pair: [] for pair in pairs}
             for labels, points in self._query_data(f"{name}{{{sel}}}[{span}s]", end, parse=_matrix):
@@ -391,7 +411,9 @@ class PrometheusProvider:
             series_points = fetched[1]
         else:
             series_points = self._query_data(
-                f"{name}{{{selector(namespace, workload)}}}[{span}s]", end, parse=_matrix
+                f"{name}{{{selector(namespace, workload, reporter=self.reporter)}}}[{span}s]",
+                end,
+                parse=_matrix,
             )
         out: list[Sample] = []
         for labels, points in series_points:
@@ -422,7 +444,11 @@ class PrometheusProvider:
     ) -> float | None:
         window = format_duration(window_seconds)
         query = builtin_query(
-            "request-count", namespace=namespace, workload=workload, window=window
+            "request-count",
+            namespace=namespace,
+            workload=workload,
+            window=window,
+            reporter=self.reporter,
         )
         value, _why = self.scalar(query)
         return value

@@ -19,12 +19,13 @@ import yaml
 import canaryctl
 
 
-def manifests_dir() -> Path:
-    """The rest-apl seed manifests: packaged in the wheel, else ``examples/`` of the checkout."""
-    packaged = Path(canaryctl.__file__).parent / "sandbox" / "manifests" / "rest-apl"
+def manifests_dir(name: str = "rest-apl") -> Path:
+    """The seed manifests ``name`` (``rest-apl``: Istio, ``gateway-api``: Gateway API):
+    packaged in the wheel, else ``examples/`` of the checkout."""
+    packaged = Path(canaryctl.__file__).parent / "sandbox" / "manifests" / name
     if packaged.is_dir():
         return packaged
-    return Path(canaryctl.__file__).resolve().parents[1] / "examples" / "rest-apl"
+    return Path(canaryctl.__file__).resolve().parents[1] / "examples" / name
 
 
 def load_manifests(directory: Path | None = None) -> list[dict[str, Any]]:

@@ -14,6 +14,7 @@ from typing import Any
 
 ISTIO_GROUP = "networking.istio.io"
 ISTIO_VERSIONS = ("v1", "v1beta1", "v1alpha3")
+GATEWAY_GROUP = "gateway.networking.k8s.io"
 
 Obj = dict[str, Any]
 
@@ -116,6 +117,7 @@ BUILTIN_KINDS: tuple[Kind, ...] = (
     Kind(ISTIO_GROUP, ISTIO_VERSIONS, "destinationrules", "DestinationRule", True, True),
     Kind(ISTIO_GROUP, ISTIO_VERSIONS, "gateways", "Gateway", True, True),
     Kind(ISTIO_GROUP, ISTIO_VERSIONS, "serviceentries", "ServiceEntry", True, True),
+    Kind(GATEWAY_GROUP, ("v1", "v1beta1"), "httproutes", "HTTPRoute", True, True),
 )
 
 

@@ -1,11 +1,14 @@
-"""A traffic simulator that obeys the VirtualService and reports what Istio's sidecars would.
+"""A traffic simulator that obeys the routes and reports what Istio's proxies would.
 
 canaryctl judges a canary on ``istio_requests_total`` and ``istio_request_duration_milliseconds``
 as Prometheus scrapes them from Envoy. In the sandbox there is no Envoy, so this module plays
 both the clients and the mesh: every tick it reads the VirtualService from the API emulator over
 HTTP (as Istio's control plane would watch it), sends ``rps`` requests per second split by the
 route weights to workloads with configurable error rate and latency, and serves the resulting
-metrics, named and labelled exactly as Istio's standard metrics, at ``/metrics``.
+metrics, named and labelled exactly as Istio's standard metrics, at ``/metrics``. With
+``httproute`` it follows a Gateway API HTTPRoute instead (the ingress gateway, or an ambient
+waypoint, applying its ``backendRefs`` weights); ``reporter`` is the proxy whose report it
+emits (``destination`` sidecars, ``source`` sidecars, or an ambient ``waypoint``).
 
 Request counts per tick are Poisson-distributed around ``rps * elapsed * weight`` (seeded
 ``random.Random``), not the expected value, because the analysis tests sequential statistics and
@@ -91,17 +94,28 @@ class TrafficSimulator:
         kube_url: str,
         *,
         namespace: str,
-        virtualservice: str,
+        virtualservice: str = "",
+        httproute: str = "",
+        reporter: str = "destination",
         workloads: Mapping[DestinationKey, str],
         profiles: Mapping[str, Profile] | None = None,
         rps: float = 40.0,
         tick: float = 0.2,
         seed: int = 0,
     ) -> None:
-        self._vs_url = (
-            f"{kube_url.rstrip('/')}/apis/networking.istio.io/v1/namespaces/{namespace}"
-            f"/virtualservices/{virtualservice}"
+        if bool(virtualservice) == bool(httproute):
+            raise ValueError("follow either a virtualservice or an httproute")
+        api, plural = (
+            ("gateway.networking.k8s.io/v1", "httproutes")
+            if httproute
+            else ("networking.istio.io/v1", "virtualservices")
         )
+        self._route_url = (
+            f"{kube_url.rstrip('/')}/apis/{api}/namespaces/{namespace}"
+            f"/{plural}/{httproute or virtualservice}"
+        )
+        self._weights_of = httproute_weights if httproute else route_weights
+        self.reporter = reporter
         self._deployments_url = (
             f"{kube_url.rstrip('/')}/apis/apps/v1/namespaces/{namespace}/deployments"
         )
@@ -229,16 +243,16 @@ class TrafficSimulator:
 
     def _refresh_weights(self) -> None:
         try:
-            response = self._session.get(self._vs_url, timeout=max(self.tick, 1.0))
+            response = self._session.get(self._route_url, timeout=max(self.tick, 1.0))
             response.raise_for_status()
-            weights = route_weights(response.json())
+            weights = self._weights_of(response.json())
         except (requests.RequestException, ValueError) as exc:
             if not self._vs_failing:  # once per outage, not five times a second
-                log.warning("traffic: cannot read the VirtualService, keeping weights: %s", exc)
+                log.warning("traffic: cannot read the route, keeping weights: %s", exc)
             self._vs_failing = True
             return
         if self._vs_failing:
-            log.warning("traffic: the VirtualService is readable again")
+            log.warning("traffic: the route is readable again")
         self._vs_failing = False
         for key in weights.keys() - self._destinations.keys() - self._unknown:
             log.warning("traffic: no workload for destination %s: its requests are dropped", key)
@@ -324,14 +338,15 @@ class TrafficSimulator:
             series = sorted(self._series.items())
             by_name = {w.name: w for w in self._destinations.values()}
         for (workload, code), s in series:
-            lines.append(f"istio_requests_total{{{_labels(by_name[workload], code)}}} {s.requests}")
+            labels = _labels(by_name[workload], code, self.reporter)
+            lines.append(f"istio_requests_total{{{labels}}} {s.requests}")
         lines += [
             "# HELP istio_request_duration_milliseconds Request duration in milliseconds.",
             "# TYPE istio_request_duration_milliseconds histogram",
         ]
         name = "istio_request_duration_milliseconds"
         for (workload, code), s in series:
-            labels = _labels(by_name[workload], code)
+            labels = _labels(by_name[workload], code, self.reporter)
             for bound, count in zip(DURATION_BUCKETS_MS, s.buckets, strict=True):
                 lines.append(f'{name}_bucket{{{labels},le="{bound}"}} {count}')
             lines.append(f'{name}_bucket{{{labels},le="+Inf"}} {s.requests}')
@@ -359,14 +374,27 @@ def route_weights(virtualservice: Mapping[str, Any]) -> dict[DestinationKey, int
     return weights
 
 
+def httproute_weights(route: Mapping[str, Any]) -> dict[DestinationKey, int]:
+    """``route_weights`` for a Gateway API HTTPRoute: the first rule without header, query or
+    method matches; each Service backendRef weighs its ``weight`` (default 1, as in the API)."""
+    rules = route.get("spec", {}).get("rules") or []
+    plain = [r for r in rules if not any(_is_special(m) for m in r.get("matches") or [])]
+    chosen = plain[0] if plain else (rules[0] if rules else {})
+    weights: dict[DestinationKey, int] = {}
+    for ref in chosen.get("backendRefs") or []:
+        key = (str(ref.get("name", "")), None)
+        weights[key] = weights.get(key, 0) + int(ref.get("weight", 1))
+    return weights
+
+
 def _is_special(match: Mapping[str, Any]) -> bool:
     return any(k in match for k in ("headers", "queryParams", "method", "withoutHeaders"))
 
 
-def _labels(workload: _Workload, code: int) -> str:
+def _labels(workload: _Workload, code: int, reporter: str) -> str:
     ns = workload.namespace
     labels = {
-        "reporter": "destination",
+        "reporter": reporter,
         "source_workload": "istio-ingressgateway",
         "source_workload_namespace": "istio-system",
         "source_app": "istio-ingressgateway",

@@ -3,7 +3,10 @@
 ``canaryctl demo`` and the e2e tests need the same thing a user has before a rollout: the
 rest-apl manifests applied (VirtualService at 80/20), traffic flowing by those weights, and
 Prometheus holding Istio metrics. A *scenario* decides how the canary (v2) behaves, so the same
-world shows a promotion (healthy), or a rollback on errors or on latency.
+world shows a promotion (healthy), or a rollback on errors or on latency. ``router`` chooses the
+world: ``istio`` (VirtualService ``istio-apl/rest-apl-vs``, subsets v1/v2) or ``gateway-api``
+(HTTPRoute ``gw-apl/rest-apl-route``, Services ``rest-apl-primary``/``rest-apl-canary``,
+``examples/gateway-api``).
 """
 
 from __future__ import annotations
@@ -29,20 +32,38 @@ SCENARIOS: dict[str, Profile] = {
 }
 
 
+# router -> (namespace, the routing object's name, the manifests under examples/)
+WORLDS: dict[str, tuple[str, str, str]] = {
+    "istio": ("istio-apl", "rest-apl-vs", "rest-apl"),
+    "gateway-api": ("gw-apl", "rest-apl-route", "gateway-api"),
+}
+
+
 class Sandbox:
     """Emulator + traffic + Prometheus for ``istio-apl/rest-apl``, as one context manager."""
 
-    namespace = "istio-apl"
     app = "rest-apl"
-    virtualservice = "rest-apl-vs"
     stable_workload = "rest-apl-v1"
     canary_workload = "rest-apl-v2"
 
-    def __init__(self, scenario: str = "healthy", rps: float = 40, seed: int = 0) -> None:
+    def __init__(
+        self,
+        scenario: str = "healthy",
+        rps: float = 40,
+        seed: int = 0,
+        *,
+        router: str = "istio",
+        reporter: str = "destination",
+    ) -> None:
         if scenario not in SCENARIOS:
             raise ValueError(
                 f"unknown scenario {scenario!r}: valid scenarios are {', '.join(SCENARIOS)}"
             )
+        if router not in WORLDS:
+            raise ValueError(f"unknown router {router!r}: valid routers are {', '.join(WORLDS)}")
+        self.router = router
+        self.reporter = reporter
+        self.namespace, self.virtualservice, self._manifests = WORLDS[router]
         self.scenario = scenario
         self.rps = rps
         self.seed = seed
@@ -57,17 +78,24 @@ class Sandbox:
         try:
             self._tmp = Path(tempfile.mkdtemp(prefix="canaryctl-sandbox-"))
             self._stack.callback(shutil.rmtree, self._tmp, ignore_errors=True)
+            gateway = self.router == "gateway-api"
             self._emulator = self._stack.enter_context(EmulatorServer())
-            self._emulator.apply(load_manifests(manifests_dir()))
+            self._emulator.apply(load_manifests(manifests_dir(self._manifests)))
             self._kubeconfig = self._emulator.write_kubeconfig(self._tmp / "kubeconfig")
             self._traffic = self._stack.enter_context(
                 TrafficSimulator(
                     self._emulator.url,
                     namespace=self.namespace,
-                    virtualservice=self.virtualservice,
+                    virtualservice="" if gateway else self.virtualservice,
+                    httproute=self.virtualservice if gateway else "",
+                    reporter=self.reporter,
                     workloads={
-                        (self.app, "v1"): self.stable_workload,
-                        (self.app, "v2"): self.canary_workload,
+                        (f"{self.app}-primary", None) if gateway else (self.app, "v1"): (
+                            self.stable_workload
+                        ),
+                        (f"{self.app}-canary", None) if gateway else (self.app, "v2"): (
+                            self.canary_workload
+                        ),
                     },
                     profiles={
                         self.stable_workload: STABLE_PROFILE,

@@ -16,7 +16,7 @@ from canaryctl import operations, undo
 from canaryctl.controller import Controller
 from canaryctl.errors import PreflightError, RolloutStateError, UsageError
 from canaryctl.kube import KubeClient
-from canaryctl.mesh._base import get_router
+from canaryctl.mesh import get_router
 from canaryctl.metrics.prometheus import PrometheusProvider
 from canaryctl.policy import AnalysisPolicy, parse_policy
 from canaryctl.reconcile import reconcile

@@ -20,7 +20,7 @@ from canaryctl import cache
 from canaryctl.cache import CachedKube
 from canaryctl.controller import Controller
 from canaryctl.daemon import Daemon
-from canaryctl.mesh._base import get_router
+from canaryctl.mesh import get_router
 from canaryctl.metrics._base import get_provider
 from canaryctl.policy import parse_policy
 from canaryctl.reconcile import shard_of

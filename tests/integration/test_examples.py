@@ -38,12 +38,14 @@ from canaryctl.cli import app
 from canaryctl.kube import KubeClient
 from canaryctl.policy import load_policy, parse_duration, parse_policy_text
 from tests import gitops_shape, istio_schema
+from tests.gateway_schema import validate_http_route
 from tests.istio_schema import validate_virtual_service
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples"
 KUBERNETES_VERSION = "1.30"
 ISTIO_GROUP = "networking.istio.io"
+GATEWAY_GROUP = "gateway.networking.k8s.io"
 ISTIO_PLURALS = {
     "VirtualService": "virtualservices",
     "DestinationRule": "destinationrules",
@@ -61,6 +63,10 @@ CALLS: dict[str, set[tuple[str, str, str]]] = {
     },
     "get_virtual_service": {(ISTIO_GROUP, "virtualservices", "get")},
     "patch_virtual_service": {(ISTIO_GROUP, "virtualservices", "patch")},
+    # the Gateway API router (canaryctl/mesh/gateway.py) reads and patches HTTPRoutes
+    "list_custom": {(GATEWAY_GROUP, "httproutes", "list")},
+    "get_custom": {(GATEWAY_GROUP, "httproutes", "get")},
+    "patch_custom": {(GATEWAY_GROUP, "httproutes", "patch")},
     "list_deployments": {("apps", "deployments", "list")},
     "scale_deployment": {("apps", "deployments/scale", "patch")},
     "list_hpas": {("autoscaling", "horizontalpodautoscalers", "list")},
@@ -93,6 +99,9 @@ EXPECTED_RULES = {
     (ISTIO_GROUP, "virtualservices", "list"),
     (ISTIO_GROUP, "virtualservices", "patch"),
     (ISTIO_GROUP, "destinationrules", "list"),
+    (GATEWAY_GROUP, "httproutes", "get"),
+    (GATEWAY_GROUP, "httproutes", "list"),
+    (GATEWAY_GROUP, "httproutes", "patch"),
     ("apps", "deployments", "list"),
     ("apps", "deployments/scale", "patch"),
     ("autoscaling", "horizontalpodautoscalers", "list"),
@@ -203,9 +212,13 @@ def test_kubernetes_schemas_ship_offline() -> None:
 @pytest.mark.parametrize(("where", "doc"), DOCS, ids=[w for w, _ in DOCS])
 def test_manifest_is_valid(where: str, doc: dict[str, Any]) -> None:
     """The object is accepted as written: built-in kinds by the Kubernetes 1.30 OpenAPI schema
-    (strict: unknown fields fail), Istio kinds by the openAPIV3Schema of Istio's CRD."""
+    (strict: unknown fields fail), Istio kinds and HTTPRoutes by the openAPIV3Schema of their
+    CRD (Istio's; Gateway API v1.6.1)."""
     if gitops_shape.handles(doc):  # no schema offline: the structural check, see its docstring
         assert gitops_shape.gitops_errors(doc) == [], where
+        return
+    if doc["apiVersion"] == f"{GATEWAY_GROUP}/v1" and doc["kind"] == "HTTPRoute":
+        validate_http_route(doc)
         return
     if doc["apiVersion"].startswith(f"{ISTIO_GROUP}/"):
         if doc["kind"] == "VirtualService":
@@ -337,10 +350,11 @@ def test_rbac_covers_exactly_what_kube_py_calls() -> None:
 
 
 def test_cronjob_role_grants_exactly_the_listed_verbs() -> None:
-    """The CronJob's Role in istio-apl grants exactly: get/list/patch virtualservices, list
-    destinationrules and deployments, patch deployments/scale, list horizontalpodautoscalers,
-    get services and configmaps, create events (core group), get/create/update leases. Nothing
-    else (no watch, no patch on events or deployments, no delete)."""
+    """The CronJob's Role in istio-apl grants exactly: get/list/patch virtualservices and
+    httproutes (the Gateway API router), list destinationrules and deployments, patch
+    deployments/scale, list horizontalpodautoscalers, get services and configmaps, create
+    events (core group), get/create/update leases. Nothing else (no watch, no patch on events
+    or deployments, no delete)."""
     role = _one("cronjob", "Role")
     assert role["metadata"]["namespace"] == "istio-apl"
     assert _grants(role) == EXPECTED_RULES

@@ -21,7 +21,7 @@ from canaryctl.controller import Controller, read_state
 from canaryctl.demo import DEMO_POLICY
 from canaryctl.errors import ClusterUnavailableError
 from canaryctl.kube import KubeClient
-from canaryctl.mesh._base import Workloads, get_router
+from canaryctl.mesh import Workloads, get_router
 from canaryctl.metrics._base import get_provider
 from canaryctl.policy import parse_policy
 from canaryctl.rollout import PROMOTE_ANNOTATION, REF_ANNOTATION, RolloutState

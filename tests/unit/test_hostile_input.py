@@ -114,3 +114,26 @@ def test_virtual_service_with_500_routes_is_handled_quickly() -> None:
     ops = weight_patch(target, canary_weight=40, vs=vs)
     assert [r.http_index for r in target.routes] == [500]
     assert all("/spec/http/500/" in op["path"] for op in ops[1:])
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["status", "rest-apl", "--router", "linkerd"],
+        ["reconcile", "--router", "linkerd"],
+        ["demo", "--router", "linkerd"],
+    ],
+    ids=["status", "reconcile", "demo"],
+)
+def test_an_unknown_router_is_exit_2_naming_the_flag_before_any_cluster_access(
+    args: list[str], tmp_path: Path
+) -> None:
+    """--router takes a known router's name; anything else is one line, exit 2, no request
+    (the kubeconfig points nowhere)."""
+    res = CliRunner().invoke(
+        app, [*args, "--log-level", "error"], env={"KUBECONFIG": str(tmp_path / "none")}
+    )
+    assert res.exit_code == 2, res.output
+    assert res.stderr.startswith("error: --router: must be one of ")
+    assert "gateway-api" in res.stderr and "linkerd" in res.stderr
+    assert "Traceback" not in res.output
