@@ -6,6 +6,7 @@ the strict API emulator and a real Prometheus (see docs/architecture.md).
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +18,8 @@ if TYPE_CHECKING:  # imported lazily in the fixtures: unit tests need neither km
     from kubernetes.client import ApiClient
 
     from canaryctl.sandbox.emulator import EmulatorServer
+    from tests.forkcli import Zygote
+    from tests.sandboxes import SandboxPool
 
 ISTIO_DATA = Path(__file__).resolve().parent / "data" / "istio"
 
@@ -25,12 +28,18 @@ class _TestStderr:
     """Where structlog writes in tests: the ``sys.stderr`` of the running test (pytest captures
     it and shows it when the test fails). Lines written between tests come from background
     threads of a test that already ended (a notifier still retrying a dead endpoint); they are
-    dropped instead of being printed into pytest's own output."""
+    dropped instead of being printed into pytest's own output, and so are lines written while
+    pytest has suspended capturing between the phases of a test (``sys.stderr`` is then the
+    process's own), unless capturing is off (``-s``)."""
 
     in_test = False
+    capturing = True
 
     def write(self, text: str) -> int:
-        return sys.stderr.write(text) if self.in_test else len(text)
+        stream = sys.stderr
+        if not self.in_test or (self.capturing and stream is sys.__stderr__):
+            return len(text)
+        return stream.write(text)
 
     def flush(self) -> None:
         if self.in_test:
@@ -41,9 +50,11 @@ _TEST_STDERR = _TestStderr()
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _structured_logs() -> None:
+def _structured_logs(pytestconfig: pytest.Config) -> None:
     """structlog as the CLI configures it (JSON lines), written to ``_TEST_STDERR``."""
     import structlog
+
+    _TEST_STDERR.capturing = pytestconfig.getoption("capture") != "no"
 
     from canaryctl import logs
 
@@ -109,3 +120,29 @@ def _restore_structlog() -> Iterator[None]:
     saved = structlog.get_config()
     yield
     structlog.configure(**saved)
+
+
+@pytest.fixture(scope="session")
+def sandbox_pool() -> Iterator[SandboxPool]:
+    """This worker's sandboxes (emulator + traffic + Prometheus), one per scenario, handed out
+    reset to the seed state: see ``tests/sandboxes.py``."""
+    from tests.sandboxes import SandboxPool
+
+    pool = SandboxPool()
+    try:
+        yield pool
+    finally:
+        pool.close()
+
+
+@pytest.fixture(scope="session")
+def zygote() -> Iterator[Zygote | None]:
+    """This worker's ``canaryctl`` zygote (``tests/forkcli.py``); None when
+    ``CANARYCTL_TESTS_SUBPROCESS=1`` asks for ``python -m canaryctl`` processes instead."""
+    if os.environ.get("CANARYCTL_TESTS_SUBPROCESS") == "1":
+        yield None
+        return
+    from tests.forkcli import Zygote
+
+    with Zygote() as z:
+        yield z
