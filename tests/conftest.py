@@ -10,7 +10,7 @@ import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TextIO
 
 import pytest
 
@@ -25,36 +25,32 @@ ISTIO_DATA = Path(__file__).resolve().parent / "data" / "istio"
 
 
 class _TestStderr:
-    """Where structlog writes in tests: the ``sys.stderr`` of the running test (pytest captures
-    it and shows it when the test fails). Lines written between tests come from background
-    threads of a test that already ended (a notifier still retrying a dead endpoint); they are
-    dropped instead of being printed into pytest's own output, and so are lines written while
-    pytest has suspended capturing between the phases of a test (``sys.stderr`` is then the
-    process's own), unless capturing is off (``-s``)."""
+    """Where structlog writes in tests: the ``sys.stderr`` of the running test as it was when the
+    test started (pytest's capture: shown when the test fails), even while pytest has suspended
+    capturing between the phases of the test (a background thread may log then). Lines written
+    between tests come from background threads of a test that already ended (a notifier still
+    retrying a dead endpoint); they are dropped instead of being printed into pytest's own
+    output."""
 
-    in_test = False
-    capturing = True
+    stream: TextIO | None = None  # set while a test runs
 
     def write(self, text: str) -> int:
-        stream = sys.stderr
-        if not self.in_test or (self.capturing and stream is sys.__stderr__):
-            return len(text)
-        return stream.write(text)
+        stream = self.stream
+        return len(text) if stream is None else stream.write(text)
 
     def flush(self) -> None:
-        if self.in_test:
-            sys.stderr.flush()
+        stream = self.stream
+        if stream is not None:
+            stream.flush()
 
 
 _TEST_STDERR = _TestStderr()
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _structured_logs(pytestconfig: pytest.Config) -> None:
+def _structured_logs() -> None:
     """structlog as the CLI configures it (JSON lines), written to ``_TEST_STDERR``."""
     import structlog
-
-    _TEST_STDERR.capturing = pytestconfig.getoption("capture") != "no"
 
     from canaryctl import logs
 
@@ -64,9 +60,9 @@ def _structured_logs(pytestconfig: pytest.Config) -> None:
 
 @pytest.fixture(autouse=True)
 def _logs_belong_to_this_test() -> Iterator[None]:
-    _TEST_STDERR.in_test = True
+    _TEST_STDERR.stream = sys.stderr
     yield
-    _TEST_STDERR.in_test = False
+    _TEST_STDERR.stream = None
 
 
 @pytest.fixture
