@@ -19,7 +19,7 @@ if TYPE_CHECKING:  # imported lazily in the fixtures: unit tests need neither km
 
     from canaryctl.sandbox.emulator import EmulatorServer
     from tests.forkcli import Zygote
-    from tests.sandboxes import SandboxPool
+    from tests.sandboxes import WorkerSandbox
 
 ISTIO_DATA = Path(__file__).resolve().parent / "data" / "istio"
 
@@ -119,16 +119,16 @@ def _restore_structlog() -> Iterator[None]:
 
 
 @pytest.fixture(scope="session")
-def sandbox_pool() -> Iterator[SandboxPool]:
-    """This worker's sandboxes (emulator + traffic + Prometheus), one per scenario, handed out
-    reset to the seed state: see ``tests/sandboxes.py``."""
-    from tests.sandboxes import SandboxPool
+def worker_sandbox() -> Iterator[WorkerSandbox]:
+    """This worker's sandbox (emulator + traffic + Prometheus), handed to each test reset to the
+    seed state: see ``tests/sandboxes.py``."""
+    from tests.sandboxes import WorkerSandbox
 
-    pool = SandboxPool()
+    sandbox = WorkerSandbox()
     try:
-        yield pool
+        yield sandbox
     finally:
-        pool.close()
+        sandbox.discard()
 
 
 @pytest.fixture(scope="session")

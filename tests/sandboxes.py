@@ -1,25 +1,25 @@
-"""One sandbox per xdist worker (and per scenario), put back in its seed state for each test.
+"""One sandbox per xdist worker, put back in its seed state for each test.
 
-Starting a ``Sandbox`` costs ~8 s of wall time and ~1 s of CPU (Prometheus's start-up and first
-scrapes), more than most e2e tests take, so the ``sandbox_pool`` fixture (``tests/conftest.py``)
-keeps the sandboxes a worker has started and ``SandboxPool.get`` hands one back reset to the
-seed state:
+Starting a ``Sandbox`` costs ~8 s of wall time (Prometheus's start-up and first scrapes), more
+than most e2e tests take, and every running Prometheus costs CPU, so the ``worker_sandbox``
+fixture (``tests/conftest.py``) starts one per worker and ``WorkerSandbox.get(scenario, rps)``
+hands it to each test reset to the seed state:
 
 - the cluster: every namespaced object that is not one of the rest-apl manifests is deleted
   (Leases, Events, ConfigMaps, extra VirtualServices...), the manifests are applied again
   (VirtualService at 80/20, no rollout annotation), both Deployments are available, no injected
   fault, RBAC open, the writes log empty;
-- the traffic: sending, the stable and the scenario's canary profiles, no propagation delay,
-  and the simulator already following the 80/20 route;
-- Prometheus running (a test that stops it, ``World.stop_prometheus``, gets its sandbox
-  replaced: ``SandboxPool.discard``).
+- the traffic: sending ``rps`` requests per second, the stable profile and the scenario's
+  canary profile (``healthy``, ``errors``, ``latency``), no propagation delay, and the
+  simulator already following the 80/20 route;
+- Prometheus running (a test that stops it, ``World.stop_prometheus``, gets the sandbox
+  replaced: ``WorkerSandbox.discard``).
 
 What a reset does not undo, by design, is history: Prometheus keeps the earlier tests' series
 and the simulator's lifetime counters (``served``, ``unrouted``, ``last_served``) keep counting.
 canaryctl only queries windows that start after its own first write, so the history is
 invisible to it; a test that asserts on a lifetime counter compares it with its value at the
-start of the test. While one sandbox is in use the worker's others send no traffic (paused),
-so idle sandboxes cost next to no CPU.
+start of the test.
 """
 
 from __future__ import annotations
@@ -65,34 +65,32 @@ def reset(sandbox: Sandbox) -> None:
     emu.clear_writes()
 
 
-class SandboxPool:
-    """The sandboxes of one worker, by (scenario, requests per second)."""
+class WorkerSandbox:
+    """The sandbox of one worker, started on first use."""
 
     def __init__(self) -> None:
-        self._running: dict[tuple[str, float], Sandbox] = {}
+        self._sandbox: Sandbox | None = None
 
     def get(self, scenario: str = "healthy", rps: float = 40) -> Sandbox:
-        """A running sandbox in its seed state (the others paused)."""
-        for key, other in self._running.items():
-            if key != (scenario, rps):
-                other.traffic.pause()
-        sandbox = self._running.get((scenario, rps))
-        if sandbox is None:
+        """The sandbox in its seed state, its canary answering as ``scenario`` says, with
+        ``rps`` requests per second."""
+        if scenario not in SCENARIOS:
+            raise ValueError(f"unknown scenario {scenario!r}")
+        if self._sandbox is None:
             sandbox = Sandbox(scenario=scenario, rps=rps).__enter__()
-            self._running[scenario, rps] = sandbox
+            self._sandbox = sandbox
             try:
                 sandbox.wait_ready()
             except BaseException:
-                self.discard(sandbox)
+                self.discard()
                 raise
+        sandbox = self._sandbox
+        sandbox.scenario, sandbox.rps, sandbox.traffic.rps = scenario, rps, rps
         reset(sandbox)
         return sandbox
 
-    def discard(self, sandbox: Sandbox) -> None:
-        """Stop a sandbox a test broke; the next ``get`` starts a new one."""
-        self._running.pop((sandbox.scenario, sandbox.rps), None)
-        sandbox.__exit__(None, None, None)
-
-    def close(self) -> None:
-        for sandbox in list(self._running.values()):
-            self.discard(sandbox)
+    def discard(self) -> None:
+        """Stop the sandbox (a test broke it); the next ``get`` starts a new one."""
+        if self._sandbox is not None:
+            self._sandbox, sandbox = None, self._sandbox
+            sandbox.__exit__(None, None, None)

@@ -1,7 +1,7 @@
 """End-to-end fixtures: the sandbox world (API emulator, traffic simulator, real Prometheus) and
 a runner for ``canaryctl`` as a real process.
 
-The ``world`` fixture takes its sandbox from the worker's ``sandbox_pool``, reset to the seed
+The ``world`` fixture takes the worker's sandbox (``worker_sandbox``), reset to the seed
 state (``tests/sandboxes.py``), and runs ``canaryctl`` as processes forked from the worker's
 ``zygote`` (``tests/forkcli.py``): each command is still its own process, without paying the
 kubernetes client's import each time. ``@pytest.mark.parametrize("world", ["errors"],
@@ -28,7 +28,7 @@ from canaryctl.demo import DEMO_POLICY
 from canaryctl.rollout import ANNOTATION
 from canaryctl.sandbox.world import Sandbox
 from tests.forkcli import ForkedProcess, Zygote
-from tests.sandboxes import SandboxPool
+from tests.sandboxes import WorkerSandbox
 
 APP, NS = "rest-apl", "istio-apl"
 Process = subprocess.Popen[str] | ForkedProcess
@@ -201,14 +201,14 @@ class World:
 def world(
     request: pytest.FixtureRequest,
     tmp_path: Path,
-    sandbox_pool: SandboxPool,
+    worker_sandbox: WorkerSandbox,
     zygote: Zygote | None,
 ) -> Iterator[World]:
     """The worker's sandbox for the scenario (``request.param``, default healthy), reset."""
-    w = World(sandbox_pool.get(getattr(request, "param", "healthy")), tmp_path, zygote)
+    w = World(worker_sandbox.get(getattr(request, "param", "healthy")), tmp_path, zygote)
     try:
         yield w
     finally:
         w.close()
         if w.broken:
-            sandbox_pool.discard(w.sb)
+            worker_sandbox.discard()

@@ -10,13 +10,15 @@ import pytest
 from canaryctl.sandbox.traffic import Profile
 from tests.e2e.conftest import World
 from tests.forkcli import Zygote
-from tests.sandboxes import SandboxPool
+from tests.sandboxes import WorkerSandbox
 
 
 @pytest.fixture
-def busy_world(tmp_path: Path, sandbox_pool: SandboxPool, zygote: Zygote | None) -> Iterator[World]:
+def busy_world(
+    tmp_path: Path, worker_sandbox: WorkerSandbox, zygote: Zygote | None
+) -> Iterator[World]:
     """rest-apl at 400 req/s with stable answering 2 % errors (a degraded but live stable)."""
-    sandbox = sandbox_pool.get(rps=400)
+    sandbox = worker_sandbox.get(rps=400)
     sandbox.traffic.set_profile("rest-apl-v1", Profile(error_rate=0.02, latency_ms=40))
     world = World(sandbox, tmp_path, zygote)
     try:

@@ -1,7 +1,7 @@
 """Fault-injection fixtures: the worker's sandbox at 100 req/s, reset before every case; the
 Prometheus fault proxy; and the collector that writes ``docs/reliability.md``.
 
-Every test gets the sandbox of the worker's ``sandbox_pool`` back in the seed state
+Every test gets the sandbox of the worker's ``worker_sandbox`` back in the seed state
 (``tests/sandboxes.py``) and the proxy listening with nothing scripted. canaryctl runs as its
 own process against the emulator and the proxy in front of the real Prometheus, forked from the
 worker's zygote like every e2e command (``tests/forkcli.py``; ``CANARYCTL_TESTS_SUBPROCESS=1``
@@ -31,7 +31,7 @@ from canaryctl.sandbox.world import Sandbox
 from tests.e2e.conftest import NS, Process, Run, World
 from tests.faults.promproxy import PrometheusFaultProxy
 from tests.forkcli import Zygote
-from tests.sandboxes import SandboxPool
+from tests.sandboxes import WorkerSandbox
 
 VS = "rest-apl-vs"
 LEASE = "canaryctl.rest-apl-vs"
@@ -258,35 +258,24 @@ def assert_one_line_error(res: Run, *needles: str) -> str:
 # --- fixtures -----------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
-def fault_proxy(sandbox_pool: SandboxPool) -> Iterator[PrometheusFaultProxy]:
-    """The fault proxy in front of the Prometheus of the worker's 100 req/s sandbox."""
-    with PrometheusFaultProxy(sandbox_pool.get(rps=FAULT_RPS).prometheus.url) as proxy:
-        yield proxy
-
-
 @pytest.fixture
 def world(
-    sandbox_pool: SandboxPool,
-    fault_proxy: PrometheusFaultProxy,
-    zygote: Zygote | None,
-    tmp_path: Path,
+    worker_sandbox: WorkerSandbox, zygote: Zygote | None, tmp_path: Path
 ) -> Iterator[FaultWorld]:
-    sandbox = sandbox_pool.get(rps=FAULT_RPS)
-    fault_proxy.start()
-    fault_proxy.clear()
-    w = FaultWorld(sandbox, tmp_path, fault_proxy, zygote)
-    try:
-        yield w
-    finally:
-        w.stop_threads.set()
-        w.close()
-        for thread in w.threads:
-            thread.join(timeout=30)
-        fault_proxy.start()
-        errors = [e for t in w.threads for e in t.errors]  # type: ignore[attr-defined]
-        if errors:
-            raise errors[0]
+    """The worker's sandbox at 100 req/s, reset, behind a fault proxy with nothing scripted."""
+    sandbox = worker_sandbox.get(rps=FAULT_RPS)
+    with PrometheusFaultProxy(sandbox.prometheus.url) as proxy:
+        w = FaultWorld(sandbox, tmp_path, proxy, zygote)
+        try:
+            yield w
+        finally:
+            w.stop_threads.set()
+            w.close()
+            for thread in w.threads:
+                thread.join(timeout=30)
+    errors = [e for t in w.threads for e in t.errors]  # type: ignore[attr-defined]
+    if errors:
+        raise errors[0]
 
 
 class Case:

@@ -26,16 +26,16 @@ from canaryctl.sandbox.world import Sandbox
 from tests.integration.test_traffic_prometheus import eventually
 from tests.istio_schema import validate_virtual_service
 from tests.recording_server import RecordingServer
-from tests.sandboxes import SandboxPool
+from tests.sandboxes import WorkerSandbox
 
 APP, NS, VS = "rest-apl", "istio-apl", "rest-apl-vs"
 
 
 @pytest.fixture
-def sb(sandbox_pool: SandboxPool) -> Sandbox:
+def sb(worker_sandbox: WorkerSandbox) -> Sandbox:
     """The worker's sandbox in its seed state (VirtualService at 80/20, both Deployments at 2
     replicas, no HPA): see ``tests/sandboxes.py``."""
-    return sandbox_pool.get()
+    return worker_sandbox.get()
 
 
 def _ctl(sb: Sandbox, clock: Callable[[], float] = time.time) -> Controller:
