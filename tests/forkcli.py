@@ -59,7 +59,7 @@ class ForkedProcess:
         return self.returncode
 
     def send_signal(self, sig: int) -> None:
-        if self.returncode is None:  # not reaped yet: the pid is still this child's
+        if self.returncode is None and self.pid > 0:  # not reaped yet: the pid is still ours
             os.kill(self.pid, sig)
 
     def kill(self) -> None:
