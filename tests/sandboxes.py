@@ -6,9 +6,9 @@ fixture (``tests/conftest.py``) starts one per worker and ``WorkerSandbox.get(sc
 hands it to each test reset to the seed state:
 
 - the cluster: every namespaced object that is not one of the rest-apl manifests is deleted
-  (Leases, Events, ConfigMaps, extra VirtualServices...), the manifests are applied again
-  (VirtualService at 80/20, no rollout annotation), both Deployments are available, no injected
-  fault, RBAC open, the writes log empty;
+  (Leases, Events, ConfigMaps, extra VirtualServices, objects of CRDs a test registered...),
+  the manifests are applied again (VirtualService at 80/20, no rollout annotation), both
+  Deployments are available, no injected fault, RBAC open, the writes log empty;
 - the traffic: sending ``rps`` requests per second, the stable profile and the scenario's
   canary profile (``healthy``, ``errors``, ``latency``), no propagation delay, and the
   simulator already following the 80/20 route;
@@ -27,7 +27,6 @@ from __future__ import annotations
 import time
 
 from canaryctl.sandbox import load_manifests
-from canaryctl.sandbox._api import BUILTIN_KINDS
 from canaryctl.sandbox.world import SCENARIOS, STABLE_PROFILE, Sandbox
 
 
@@ -42,14 +41,16 @@ def reset(sandbox: Sandbox) -> None:
     emu.clear_faults()
     emu.set_rbac(None)
     keep = {(d["kind"], d["metadata"].get("namespace"), d["metadata"]["name"]) for d in seed}
-    for kind in BUILTIN_KINDS:
-        if not kind.namespaced:
-            continue
-        api_version = _api_version(kind.group, kind.versions[-1])
-        for obj in emu.list(api_version, kind.kind):
+    served = {  # every resource the emulator serves, CRDs a test registered included
+        (res.group, res.plural): (_api_version(res.group, res.version), info.kind)
+        for res, info in emu.emulator.resources.items()
+        if info.namespaced
+    }
+    for api_version, kind in served.values():
+        for obj in emu.list(api_version, kind):
             meta = obj["metadata"]
-            if (kind.kind, meta.get("namespace"), meta["name"]) not in keep:
-                emu.delete(api_version, kind.kind, meta.get("namespace"), meta["name"])
+            if (kind, meta.get("namespace"), meta["name"]) not in keep:
+                emu.delete(api_version, kind, meta.get("namespace"), meta["name"])
     emu.apply(seed)
     for workload in (sandbox.stable_workload, sandbox.canary_workload):
         emu.set_deployment_available(sandbox.namespace, workload, True)
