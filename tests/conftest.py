@@ -6,10 +6,11 @@ the strict API emulator and a real Prometheus (see docs/architecture.md).
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TextIO
 
 import pytest
 
@@ -17,24 +18,30 @@ if TYPE_CHECKING:  # imported lazily in the fixtures: unit tests need neither km
     from kubernetes.client import ApiClient
 
     from canaryctl.sandbox.emulator import EmulatorServer
+    from tests.forkcli import Zygote
+    from tests.sandboxes import WorkerSandbox
 
 ISTIO_DATA = Path(__file__).resolve().parent / "data" / "istio"
 
 
 class _TestStderr:
-    """Where structlog writes in tests: the ``sys.stderr`` of the running test (pytest captures
-    it and shows it when the test fails). Lines written between tests come from background
-    threads of a test that already ended (a notifier still retrying a dead endpoint); they are
-    dropped instead of being printed into pytest's own output."""
+    """Where structlog writes in tests: the ``sys.stderr`` of the running test as it was when the
+    test started (pytest's capture: shown when the test fails), even while pytest has suspended
+    capturing between the phases of the test (a background thread may log then). Lines written
+    between tests come from background threads of a test that already ended (a notifier still
+    retrying a dead endpoint); they are dropped instead of being printed into pytest's own
+    output."""
 
-    in_test = False
+    stream: TextIO | None = None  # set while a test runs
 
     def write(self, text: str) -> int:
-        return sys.stderr.write(text) if self.in_test else len(text)
+        stream = self.stream
+        return len(text) if stream is None else stream.write(text)
 
     def flush(self) -> None:
-        if self.in_test:
-            sys.stderr.flush()
+        stream = self.stream
+        if stream is not None:
+            stream.flush()
 
 
 _TEST_STDERR = _TestStderr()
@@ -53,9 +60,9 @@ def _structured_logs() -> None:
 
 @pytest.fixture(autouse=True)
 def _logs_belong_to_this_test() -> Iterator[None]:
-    _TEST_STDERR.in_test = True
+    _TEST_STDERR.stream = sys.stderr
     yield
-    _TEST_STDERR.in_test = False
+    _TEST_STDERR.stream = None
 
 
 @pytest.fixture
@@ -109,3 +116,29 @@ def _restore_structlog() -> Iterator[None]:
     saved = structlog.get_config()
     yield
     structlog.configure(**saved)
+
+
+@pytest.fixture(scope="session")
+def worker_sandbox() -> Iterator[WorkerSandbox]:
+    """This worker's sandbox (emulator + traffic + Prometheus), handed to each test reset to the
+    seed state: see ``tests/sandboxes.py``."""
+    from tests.sandboxes import WorkerSandbox
+
+    sandbox = WorkerSandbox()
+    try:
+        yield sandbox
+    finally:
+        sandbox.discard()
+
+
+@pytest.fixture(scope="session")
+def zygote() -> Iterator[Zygote | None]:
+    """This worker's ``canaryctl`` zygote (``tests/forkcli.py``); None when
+    ``CANARYCTL_TESTS_SUBPROCESS=1`` asks for ``python -m canaryctl`` processes instead."""
+    if os.environ.get("CANARYCTL_TESTS_SUBPROCESS") == "1":
+        yield None
+        return
+    from tests.forkcli import Zygote
+
+    with Zygote() as z:
+        yield z

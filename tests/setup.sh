@@ -20,6 +20,12 @@ fi
 
 VENV="${CANARYCTL_VENV:-.venv}"
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
-"$VENV/bin/python" -m pip install -q --disable-pip-version-check -e '.[test,dev]' 2>&1 \
-  | grep -v '^WARNING: Location' >&2 || true
+# pip takes ~14 s even when everything is installed: skip it while pyproject.toml is unchanged
+# since the last successful install (the project is installed editable, so code changes need none)
+stamp="$VENV/.canaryctl-pyproject.sha256"
+if ! sha256sum --status -c "$stamp" 2>/dev/null; then
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check -e '.[test,dev]' 2>&1 \
+    | grep -v '^WARNING: Location' >&2 || true
+  "$VENV/bin/python" -c 'import canaryctl, kmock, pytest' && sha256sum pyproject.toml >"$stamp"
+fi
 "$VENV/bin/python" -c 'import canaryctl, kmock, pytest'  # fail early if the install failed

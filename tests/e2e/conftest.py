@@ -1,11 +1,19 @@
 """End-to-end fixtures: the sandbox world (API emulator, traffic simulator, real Prometheus) and
-a runner for ``canaryctl`` as a real subprocess."""
+a runner for ``canaryctl`` as a real process.
+
+The ``world`` fixture takes the worker's sandbox (``worker_sandbox``), reset to the seed
+state (``tests/sandboxes.py``), and runs ``canaryctl`` as processes forked from the worker's
+``zygote`` (``tests/forkcli.py``): each command is still its own process, without paying the
+kubernetes client's import each time. ``@pytest.mark.parametrize("world", ["errors"],
+indirect=True)`` picks the scenario.
+"""
 
 from __future__ import annotations
 
 import copy
 import json
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -19,8 +27,11 @@ import yaml
 from canaryctl.demo import DEMO_POLICY
 from canaryctl.rollout import ANNOTATION
 from canaryctl.sandbox.world import Sandbox
+from tests.forkcli import ForkedProcess, Zygote
+from tests.sandboxes import WorkerSandbox
 
 APP, NS = "rest-apl", "istio-apl"
+Process = subprocess.Popen[str] | ForkedProcess
 
 # The demo's policy, faster still (3 s steps), so a whole rollout fits an e2e test.
 FAST_POLICY: dict[str, Any] = copy.deepcopy(DEMO_POLICY)
@@ -50,10 +61,13 @@ class Run:
 class World:
     """One sandbox plus helpers to run canaryctl against it and read what it wrote."""
 
-    def __init__(self, sandbox: Sandbox, tmp: Path) -> None:
+    def __init__(self, sandbox: Sandbox, tmp: Path, zygote: Zygote | None = None) -> None:
         self.sb = sandbox
         self.tmp = tmp
         self.kubeconfig = str(sandbox.kubeconfig)
+        self.zygote = zygote
+        self.procs: list[Process] = []
+        self.broken = False  # the sandbox cannot be reset for the next test
 
     # spec fields this world sets on top of FAST_POLICY (the fault world's are stricter)
     spec_defaults: ClassVar[dict[str, Any]] = {}
@@ -85,6 +99,14 @@ class World:
         return [sys.executable, "-m", "canaryctl", *args, *extra]
 
     def run(self, *args: str, timeout: float = 120, prometheus: bool = True) -> Run:
+        """``canaryctl ARGS`` as its own process (forked from the zygote), to completion."""
+        if self.zygote is None:
+            return self.subprocess_run(*args, timeout=timeout, prometheus=prometheus)
+        argv = self.argv(*args, prometheus=prometheus)[3:]  # after `python -m canaryctl`
+        return Run(*self.zygote.run(argv, self.env(), timeout=timeout))
+
+    def subprocess_run(self, *args: str, timeout: float = 120, prometheus: bool = True) -> Run:
+        """``python -m canaryctl ARGS``, a fresh interpreter."""
         proc = subprocess.run(
             self.argv(*args, prometheus=prometheus),
             capture_output=True,
@@ -95,15 +117,30 @@ class World:
         )
         return Run(proc.returncode, proc.stdout, proc.stderr)
 
-    def popen(self, *args: str, quiet: bool = False) -> subprocess.Popen[str]:
-        out = subprocess.DEVNULL if quiet else subprocess.PIPE
-        return subprocess.Popen(
-            self.argv(*args),
-            stdout=out,
-            stderr=out,
-            text=True,
-            env=self.env(),
-        )
+    def popen(self, *args: str, quiet: bool = False, fork: bool = True) -> Process:
+        """``canaryctl ARGS`` started, forked from the zygote (``fork=False``: ``python -m
+        canaryctl``); killed at teardown if still running. Output goes nowhere when ``quiet``,
+        else ``communicate()`` returns it."""
+        proc: Process
+        if self.zygote is not None and fork:
+            proc = self.zygote.spawn(self.argv(*args)[3:], self.env(), quiet=quiet)
+        else:
+            out = subprocess.DEVNULL if quiet else subprocess.PIPE
+            proc = subprocess.Popen(
+                self.argv(*args), stdout=out, stderr=out, text=True, env=self.env()
+            )
+        self.procs.append(proc)
+        return proc
+
+    def close(self) -> None:
+        """Kill what is still running."""
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGKILL)
+                proc.wait()
+            for stream in (proc.stdout, proc.stderr):
+                if stream is not None:
+                    stream.close()
 
     def vs(self) -> dict[str, Any]:
         obj = self.sb.emulator.get(
@@ -138,7 +175,9 @@ class World:
         return out
 
     def stop_prometheus(self) -> None:
-        """Prometheus goes away (the process is killed; its port refuses connections)."""
+        """Prometheus goes away (the process is killed; its port refuses connections). The
+        sandbox is replaced after the test."""
+        self.broken = True
         proc = self.sb.prometheus._process
         assert proc is not None
         proc.kill()
@@ -159,9 +198,17 @@ class World:
 
 
 @pytest.fixture
-def world(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[World]:
-    scenario = getattr(request, "param", "healthy")
-    with Sandbox(scenario=scenario) as sandbox:
-        sandbox.wait_ready()
-        sandbox.emulator.clear_writes()
-        yield World(sandbox, tmp_path)
+def world(
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    worker_sandbox: WorkerSandbox,
+    zygote: Zygote | None,
+) -> Iterator[World]:
+    """The worker's sandbox for the scenario (``request.param``, default healthy), reset."""
+    w = World(worker_sandbox.get(getattr(request, "param", "healthy")), tmp_path, zygote)
+    try:
+        yield w
+    finally:
+        w.close()
+        if w.broken:
+            worker_sandbox.discard()

@@ -1,22 +1,34 @@
 """Kill test: SIGKILL `promote` and `reconcile` at seeded random moments, restart, and check
 after every kill that nothing was lost: each route sums to 100, the annotation parses and
-matches the weights, no step is repeated or skipped, and the end equals an uninterrupted run."""
+matches the weights, no step is repeated or skipped, and the end equals an uninterrupted run.
+
+Each seeded run is its own test (its own random generator, seeded by mode and run), so xdist
+spreads the runs over the workers. The 10 runs of a mode must see at least 10 kills between
+them: each run records its count in the session's temporary directory (shared by the xdist
+workers), and the run that completes the set checks the sum.
+
+``promote`` runs are forked from the zygote (``tests/forkcli.py``): the kill moment, 0 to 3.5 s
+after the start, always falls inside the first process's work (two analysis intervals of 2 s).
+``reconcile`` passes are ``python -m canaryctl`` processes: a forked pass does its work in ~10 ms
+after taking the lease, too short a window for a kill drawn from 0 to 0.4 s to land in, while a
+fresh interpreter's pass spends ~0.4 s there (importing what the work needs)."""
 
 from __future__ import annotations
 
 import itertools
 import json
+import os
 import random
 import signal
-import subprocess
 import time
+from subprocess import TimeoutExpired
 from typing import Any
 
 import pytest
 
 from canaryctl.rollout import REF_ANNOTATION
 from canaryctl.sandbox import load_manifests, manifests_dir
-from tests.e2e.conftest import NS, World
+from tests.e2e.conftest import NS, Process, World
 
 RUNS = 10  # per mode: 20 runs in all
 STEPS = [50, 100]
@@ -59,7 +71,7 @@ def _check_consistent(world: World) -> dict[str, object] | None:
     return state
 
 
-def _kill_while_working(world: World, proc: subprocess.Popen[str], delay: float) -> bool:
+def _kill_while_working(world: World, proc: Process, delay: float) -> bool:
     """SIGKILL ``delay`` seconds after the process took the rollout's lease, i.e. inside the
     part of a reconcile pass that analyses and writes; False when it ended first (a pass with
     nothing due never takes the lease).
@@ -76,59 +88,79 @@ def _kill_while_working(world: World, proc: subprocess.Popen[str], delay: float)
     return False
 
 
-def _kill_at(proc: subprocess.Popen[str], delay: float) -> bool:
+def _kill_at(proc: Process, delay: float) -> bool:
     """SIGKILL after ``delay`` seconds unless it ended; True when it was killed."""
     try:
         proc.wait(timeout=delay)
         return False
-    except subprocess.TimeoutExpired:
+    except TimeoutExpired:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         return True
 
 
+def _kills_of_all_runs(
+    factory: pytest.TempPathFactory, mode: str, run: int, kills: int
+) -> int | None:
+    """Record this run's kills; the total of the mode's runs once all of them have recorded
+    theirs in this session (None before, or when only some runs were selected)."""
+    base = factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # popen-gwN/..: the session's directory, shared by the workers
+    folder = base / "kill-counts"
+    folder.mkdir(exist_ok=True)
+    (folder / f"{mode}-{run}.part").write_text(str(kills))
+    (folder / f"{mode}-{run}.part").rename(folder / f"{mode}-{run}")
+    counts = [folder / f"{mode}-{r}" for r in range(RUNS)]
+    if not all(path.exists() for path in counts):
+        return None
+    return sum(int(path.read_text()) for path in counts)
+
+
+@pytest.mark.parametrize("run", range(RUNS))
 @pytest.mark.parametrize("mode", ["promote", "reconcile"])
 def test_sigkill_at_random_moments_loses_nothing(
-    world: World, short_leases: None, mode: str
+    world: World,
+    short_leases: None,
+    tmp_path_factory: pytest.TempPathFactory,
+    mode: str,
+    run: int,
 ) -> None:
-    """10 seeded runs per mode, each killed up to twice at a random moment, then resumed by a
-    new process; every run ends promoted with the history of an uninterrupted run."""
-    rng = random.Random(f"kill-{mode}")
+    """One seeded run: killed up to twice at a random moment, then resumed by a new process; it
+    ends promoted with the history of an uninterrupted run."""
+    rng = random.Random(f"kill-{mode}-{run}")
     policy = str(world.policy(interval="2s", minRequests=3, inconclusiveLimit=5, steps=STEPS))
+    _seed(world)
+    if mode == "reconcile":
+        assert world.run(*world.promote("--no-wait", policy=policy)).code == 0
     kills = 0
-    for run in range(RUNS):
-        _seed(world)
+    for _attempt in range(60):
         if mode == "reconcile":
-            assert world.run(*world.promote("--no-wait", policy=policy)).code == 0
-        run_kills = 0
-        for _attempt in range(60):
-            if mode == "reconcile":
-                proc = world.popen("reconcile", "-n", "istio-apl", quiet=True)
-            else:
-                proc = world.popen(*world.promote(policy=policy), quiet=True)
-            if run_kills < MAX_KILLS_PER_RUN and mode == "reconcile":
-                killed = _kill_while_working(world, proc, rng.uniform(0.0, 0.4))
-            elif run_kills < MAX_KILLS_PER_RUN:
-                killed = _kill_at(proc, rng.uniform(0.5, 5.0))
-            else:
-                proc.wait(timeout=120)
-                killed = False
-            run_kills += killed
-            state = _check_consistent(world)
-            if state is not None and state["phase"] == "Promoted":
-                break
-            if mode == "reconcile" and not killed:
-                time.sleep(0.5)
+            proc = world.popen("reconcile", "-n", "istio-apl", quiet=True, fork=False)
         else:
-            raise AssertionError(f"run {run} did not finish: {world.state()}")
-        kills += run_kills
-        final = world.state()
-        assert final is not None and final["phase"] == "Promoted", final
-        assert [h["weight"] for h in final["history"] if h["verdict"] == "pass"] == STEPS
-        assert world.weights() == [("v1", 0), ("v2", 100)]
-        assert sorted(set(world.written_weights())) == STEPS
-    assert kills >= RUNS, f"only {kills} kills happened"
-    print(json.dumps({"mode": mode, "runs": RUNS, "kills": kills}))
+            proc = world.popen(*world.promote(policy=policy), quiet=True)
+        if kills < MAX_KILLS_PER_RUN and mode == "reconcile":
+            killed = _kill_while_working(world, proc, rng.uniform(0.0, 0.4))
+        elif kills < MAX_KILLS_PER_RUN:
+            killed = _kill_at(proc, rng.uniform(0.0, 3.5))
+        else:
+            proc.wait(timeout=120)
+            killed = False
+        kills += killed
+        state = _check_consistent(world)
+        if state is not None and state["phase"] == "Promoted":
+            break
+        if mode == "reconcile" and not killed:
+            time.sleep(0.5)
+    else:
+        raise AssertionError(f"run {run} did not finish: {world.state()}")
+    final = world.state()
+    assert final is not None and final["phase"] == "Promoted", final
+    assert [h["weight"] for h in final["history"] if h["verdict"] == "pass"] == STEPS
+    assert world.weights() == [("v1", 0), ("v2", 100)]
+    assert sorted(set(world.written_weights())) == STEPS
+    total = _kills_of_all_runs(tmp_path_factory, mode, run, kills)
+    assert total is None or total >= RUNS, f"only {total} kills in the {RUNS} {mode} runs"
 
 
 TWO_OBJECT_RUNS = 3
@@ -156,7 +188,7 @@ def _follower_lags(world: World, state: dict[str, Any] | None) -> bool:
     return bool(ref["weight"] != state["weight"])
 
 
-def _kill_between_patches(world: World, proc: subprocess.Popen[str], delay: float) -> bool:
+def _kill_between_patches(world: World, proc: Process, delay: float) -> bool:
     """SIGKILL ``delay`` s after a write of the primary landed, while the read before the
     follower's patch is held FOLLOWER_DELAY s by the emulator (so that patch is never sent);
     False when it ended first."""
@@ -172,7 +204,7 @@ def _kill_between_patches(world: World, proc: subprocess.Popen[str], delay: floa
     return False
 
 
-def _first_vs_write(world: World, proc: subprocess.Popen[str], seen: int) -> str | None:
+def _first_vs_write(world: World, proc: Process, seen: int) -> str | None:
     """The VirtualService of the first write ``proc`` lands (None if it ends without one)."""
     while True:
         for w in world.sb.emulator.writes[seen:]:
@@ -183,41 +215,39 @@ def _first_vs_write(world: World, proc: subprocess.Popen[str], seen: int) -> str
         time.sleep(0.01)
 
 
+@pytest.mark.parametrize("run", range(TWO_OBJECT_RUNS))
 def test_sigkill_between_the_two_patches_of_a_step_loses_nothing(
-    world: World, short_leases: None
+    world: World, short_leases: None, run: int
 ) -> None:
     """rest-apl-vs and rest-apl-mesh move together; ``promote`` is SIGKILLed right after a
-    write of the primary, before the follower's. The follower is never half-written or ahead,
-    the next process writes it before anything else, and every run ends with both at 0/100
-    (an ended rollout's follower is repaired by the next ``reconcile``)."""
-    rng = random.Random("kill-two-objects")
+    write of the primary, before the follower's (at least once leaving the follower behind).
+    The follower is never half-written or ahead, the next process writes it before anything
+    else, and the run ends with both at 0/100 (an ended rollout's follower is repaired by the
+    next ``reconcile``)."""
+    rng = random.Random(f"kill-two-objects-{run}")
     policy = str(world.policy(interval="2s", minRequests=3, inconclusiveLimit=5, steps=STEPS))
-    mesh = load_manifests(manifests_dir().parent / "rest-apl-mesh")
-    lagged = 0
-    for run in range(TWO_OBJECT_RUNS):
-        _seed(world)
-        world.sb.emulator.apply(mesh)
-        world.sb.emulator.inject("GET", "/rest-apl-mesh$", None, 10**6, FOLLOWER_DELAY)
-        kills, lagging = 0, False
-        for _attempt in range(30):
-            seen = len(world.sb.emulator.writes)
-            proc = world.popen(*world.promote(policy=policy), quiet=True)
-            if lagging:
-                assert _first_vs_write(world, proc, seen) in (None, "rest-apl-mesh")
-            if kills < MAX_KILLS_PER_RUN:
-                kills += _kill_between_patches(world, proc, rng.uniform(0.0, FOLLOWER_DELAY / 2))
-            else:
-                proc.wait(timeout=120)
-            state = _check_consistent(world)
-            lagging = _follower_lags(world, state)
-            lagged += lagging
-            if state is not None and state["phase"] == "Promoted":
-                break
+    _seed(world)
+    world.sb.emulator.apply(load_manifests(manifests_dir().parent / "rest-apl-mesh"))
+    world.sb.emulator.inject("GET", "/rest-apl-mesh$", None, 10**6, FOLLOWER_DELAY)
+    kills, lagging, lagged = 0, False, 0
+    for _attempt in range(30):
+        seen = len(world.sb.emulator.writes)
+        proc = world.popen(*world.promote(policy=policy), quiet=True)
+        if lagging:
+            assert _first_vs_write(world, proc, seen) in (None, "rest-apl-mesh")
+        if kills < MAX_KILLS_PER_RUN:
+            kills += _kill_between_patches(world, proc, rng.uniform(0.0, FOLLOWER_DELAY / 2))
         else:
-            raise AssertionError(f"run {run} did not finish: {world.state()}")
-        assert world.run("reconcile", "-n", NS).code == 0
-        assert not _follower_lags(world, world.state())
-        assert world.weights() == [("v1", 0), ("v2", 100)]
-        world.sb.emulator.clear_faults()
-    assert lagged >= TWO_OBJECT_RUNS, f"only {lagged} kills left the follower behind"
-    print(json.dumps({"runs": TWO_OBJECT_RUNS, "follower_left_behind": lagged}))
+            proc.wait(timeout=120)
+        state = _check_consistent(world)
+        lagging = _follower_lags(world, state)
+        lagged += lagging
+        if state is not None and state["phase"] == "Promoted":
+            break
+    else:
+        raise AssertionError(f"the run did not finish: {world.state()}")
+    world.sb.emulator.clear_faults()
+    assert world.run("reconcile", "-n", NS).code == 0
+    assert not _follower_lags(world, world.state())
+    assert world.weights() == [("v1", 0), ("v2", 100)]
+    assert lagged >= 1, "no kill left the follower behind"

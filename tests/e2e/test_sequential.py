@@ -8,18 +8,23 @@ from pathlib import Path
 import pytest
 
 from canaryctl.sandbox.traffic import Profile
-from canaryctl.sandbox.world import Sandbox
 from tests.e2e.conftest import World
+from tests.forkcli import Zygote
+from tests.sandboxes import WorkerSandbox
 
 
 @pytest.fixture
-def busy_world(tmp_path: Path) -> Iterator[World]:
+def busy_world(
+    tmp_path: Path, worker_sandbox: WorkerSandbox, zygote: Zygote | None
+) -> Iterator[World]:
     """rest-apl at 400 req/s with stable answering 2 % errors (a degraded but live stable)."""
-    with Sandbox(scenario="healthy", rps=400) as sandbox:
-        sandbox.traffic.set_profile("rest-apl-v1", Profile(error_rate=0.02, latency_ms=40))
-        sandbox.wait_ready()
-        sandbox.emulator.clear_writes()
-        yield World(sandbox, tmp_path)
+    sandbox = worker_sandbox.get(rps=400)
+    sandbox.traffic.set_profile("rest-apl-v1", Profile(error_rate=0.02, latency_ms=40))
+    world = World(sandbox, tmp_path, zygote)
+    try:
+        yield world
+    finally:
+        world.close()
 
 
 def _sequential_policy(world: World) -> str:

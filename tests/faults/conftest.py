@@ -1,16 +1,11 @@
-"""Fault-injection fixtures: one sandbox per xdist worker, reset before every case; the
+"""Fault-injection fixtures: the worker's sandbox at 100 req/s, reset before every case; the
 Prometheus fault proxy; and the collector that writes ``docs/reliability.md``.
 
-Starting a sandbox costs ~8 s (Prometheus's first scrapes), so each worker starts one
-(session scope) and every test gets it back in the seed state: the rest-apl manifests applied
-again (VirtualService at 80/20, no rollout annotation), no lease, no Events, no injected fault,
-RBAC open, both Deployments available, the default traffic profiles, and the proxy listening
-with nothing scripted. canaryctl runs as its own process against the emulator and the proxy in
-front of the real Prometheus: ``World.run`` forks it from a zygote that imported
-``canaryctl.cli`` once (``forkcli.py``: the kubernetes client's import costs ~1.8 s of CPU per
-process, which would dominate the suite's time budget), and ``World.popen`` (signals) starts
-``python -m canaryctl``. ``FAULTS_REAL_SUBPROCESS=1`` makes ``World.run`` start ``python -m
-canaryctl`` too.
+Every test gets the sandbox of the worker's ``worker_sandbox`` back in the seed state
+(``tests/sandboxes.py``) and the proxy listening with nothing scripted. canaryctl runs as its
+own process against the emulator and the proxy in front of the real Prometheus, forked from the
+worker's zygote like every e2e command (``tests/forkcli.py``; ``CANARYCTL_TESTS_SUBPROCESS=1``
+starts ``python -m canaryctl`` instead).
 
 The summary table: every test declares its case and expected outcome with the ``case`` fixture
 and records what it observed before asserting, so a failing case still shows what happened. The
@@ -22,10 +17,7 @@ directory ran without ``-k``/``-m``/``--lf``/``-x``/deselection.
 from __future__ import annotations
 
 import json
-import os
 import re
-import signal
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -35,11 +27,11 @@ from typing import Any
 import pytest
 import yaml
 
-from canaryctl.sandbox import load_manifests
-from canaryctl.sandbox.world import STABLE_PROFILE, Sandbox
-from tests.e2e.conftest import NS, Run, World
-from tests.faults.forkcli import Zygote
+from canaryctl.sandbox.world import Sandbox
+from tests.e2e.conftest import NS, Process, Run, World
 from tests.faults.promproxy import PrometheusFaultProxy
+from tests.forkcli import Zygote
+from tests.sandboxes import WorkerSandbox
 
 VS = "rest-apl-vs"
 LEASE = "canaryctl.rest-apl-vs"
@@ -47,6 +39,7 @@ FAULTS_DIR = Path(__file__).resolve().parent
 REPORT = FAULTS_DIR.parents[1] / "docs" / "reliability.md"
 ROLE = FAULTS_DIR.parents[1] / "examples" / "cronjob" / "role.yaml"
 KUBE_RETRY_SECONDS = 5
+FAULT_RPS = 100  # the sandbox's traffic: more requests per window than the e2e tests' 40
 PROM_RETRY_BUDGET = 4  # seconds; spec.prometheus.retryBudget of the fault policy
 # The fast policy of tests/e2e/conftest.py, shortened: two steps of 2 s, 1 s query timeout.
 FAULT_SPEC: dict[str, Any] = {
@@ -72,12 +65,10 @@ class FaultWorld(World):
     def __init__(
         self, sandbox: Sandbox, tmp: Path, proxy: PrometheusFaultProxy, zygote: Zygote | None
     ) -> None:
-        super().__init__(sandbox, tmp)
+        super().__init__(sandbox, tmp, zygote)
         self.proxy = proxy
-        self.zygote = zygote
         self.kube_retry_seconds = KUBE_RETRY_SECONDS
         self.extra_env: dict[str, str] = {}
-        self.procs: list[subprocess.Popen[str]] = []
         self.threads: list[threading.Thread] = []
         self.stop_threads = threading.Event()
 
@@ -94,29 +85,12 @@ class FaultWorld(World):
             argv += ["--prometheus-url", self.proxy.url]
         return argv
 
-    def run(self, *args: str, timeout: float = 120, prometheus: bool = True) -> Run:
-        """``canaryctl ARGS`` as its own process (forked from the zygote), to completion."""
-        if self.zygote is None:
-            return self.subprocess_run(*args, timeout=timeout, prometheus=prometheus)
-        argv = self.argv(*args, prometheus=prometheus)[3:]  # after `python -m canaryctl`
-        res = self.zygote.run(argv, self.env(), timeout=timeout)
-        return Run(res.code, res.stdout, res.stderr)
-
-    def subprocess_run(self, *args: str, timeout: float = 120, prometheus: bool = True) -> Run:
-        """``python -m canaryctl ARGS``, a fresh interpreter."""
-        return super().run(*args, timeout=timeout, prometheus=prometheus)
-
-    def popen(self, *args: str, quiet: bool = False) -> subprocess.Popen[str]:
-        proc = super().popen(*args, quiet=quiet)
-        self.procs.append(proc)
-        return proc
-
     def promote(self, *extra: str, policy: Path | str | None = None) -> list[str]:
         """``World.promote`` with ``-o json``: fault cases read the JSON outcome."""
         return super().promote("-o", "json", *extra, policy=policy)
 
     @staticmethod
-    def finish(proc: subprocess.Popen[str], timeout: float = 90) -> Run:
+    def finish(proc: Process, timeout: float = 90) -> Run:
         out, err = proc.communicate(timeout=timeout)
         return Run(proc.returncode, out or "", err or "")
 
@@ -284,72 +258,24 @@ def assert_one_line_error(res: Run, *needles: str) -> str:
 # --- fixtures -----------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
-def fault_sandbox() -> Iterator[tuple[Sandbox, PrometheusFaultProxy]]:
-    """One world per xdist worker: emulator + traffic at 100 req/s + real Prometheus + proxy."""
-    with Sandbox(scenario="healthy", rps=100) as sandbox:
-        sandbox.wait_ready()
-        with PrometheusFaultProxy(sandbox.prometheus.url) as proxy:
-            yield sandbox, proxy
-
-
-def reset(sandbox: Sandbox, proxy: PrometheusFaultProxy) -> None:
-    """Back to the seed state (see the module docstring)."""
-    emu = sandbox.emulator
-    emu.clear_faults()
-    emu.set_rbac(None)
-    emu.apply(load_manifests())
-    for workload in (sandbox.stable_workload, sandbox.canary_workload):
-        emu.set_deployment_available(NS, workload, True)
-    emu.delete("coordination.k8s.io/v1", "Lease", NS, LEASE)
-    emu.delete("v1", "ConfigMap", NS, "rest-apl-policy")
-    for event in emu.list("v1", "Event", NS):
-        emu.delete("v1", "Event", NS, event["metadata"]["name"])
-    sandbox.traffic.resume()
-    sandbox.traffic.set_profile(sandbox.stable_workload, STABLE_PROFILE)
-    sandbox.traffic.set_profile(sandbox.canary_workload, STABLE_PROFILE)
-    proxy.start()
-    proxy.clear()
-    deadline = time.monotonic() + 10
-    while sandbox.traffic.weights.get(sandbox.canary_workload) != 20:
-        assert time.monotonic() < deadline, "the traffic simulator did not follow the reset"
-        time.sleep(0.05)
-    emu.clear_writes()
-
-
-@pytest.fixture(scope="session")
-def zygote() -> Iterator[Zygote | None]:
-    if os.environ.get("FAULTS_REAL_SUBPROCESS") == "1":
-        yield None
-        return
-    with Zygote() as z:
-        yield z
-
-
 @pytest.fixture
 def world(
-    fault_sandbox: tuple[Sandbox, PrometheusFaultProxy], zygote: Zygote | None, tmp_path: Path
+    worker_sandbox: WorkerSandbox, zygote: Zygote | None, tmp_path: Path
 ) -> Iterator[FaultWorld]:
-    sandbox, proxy = fault_sandbox
-    reset(sandbox, proxy)
-    w = FaultWorld(sandbox, tmp_path, proxy, zygote)
-    try:
-        yield w
-    finally:
-        w.stop_threads.set()
-        for proc in w.procs:
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGKILL)
-                proc.wait()
-            for stream in (proc.stdout, proc.stderr):
-                if stream is not None:
-                    stream.close()
-        for thread in w.threads:
-            thread.join(timeout=30)
-        proxy.start()
-        errors = [e for t in w.threads for e in t.errors]  # type: ignore[attr-defined]
-        if errors:
-            raise errors[0]
+    """The worker's sandbox at 100 req/s, reset, behind a fault proxy with nothing scripted."""
+    sandbox = worker_sandbox.get(rps=FAULT_RPS)
+    with PrometheusFaultProxy(sandbox.prometheus.url) as proxy:
+        w = FaultWorld(sandbox, tmp_path, proxy, zygote)
+        try:
+            yield w
+        finally:
+            w.stop_threads.set()
+            w.close()
+            for thread in w.threads:
+                thread.join(timeout=30)
+    errors = [e for t in w.threads for e in t.errors]  # type: ignore[attr-defined]
+    if errors:
+        raise errors[0]
 
 
 class Case:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -22,29 +22,20 @@ from canaryctl.policy import AnalysisPolicy, parse_policy
 from canaryctl.reconcile import reconcile
 from canaryctl.render import result_text
 from canaryctl.rollout import RolloutState
-from canaryctl.sandbox import load_manifests
 from canaryctl.sandbox.world import Sandbox
 from tests.integration.test_traffic_prometheus import eventually
 from tests.istio_schema import validate_virtual_service
 from tests.recording_server import RecordingServer
+from tests.sandboxes import WorkerSandbox
 
 APP, NS, VS = "rest-apl", "istio-apl", "rest-apl-vs"
 
 
-@pytest.fixture(scope="module")
-def sandbox() -> Iterator[Sandbox]:
-    with Sandbox() as sb:
-        sb.wait_ready()
-        yield sb
-
-
 @pytest.fixture
-def sb(sandbox: Sandbox) -> Sandbox:
-    """The module's sandbox with the rest-apl manifests applied afresh (VirtualService at 80/20,
-    both Deployments at 2 replicas, no HPA)."""
-    sandbox.emulator.delete("autoscaling/v2", "HorizontalPodAutoscaler", NS, "rest-apl-v2")
-    sandbox.emulator.apply(load_manifests())
-    return sandbox
+def sb(worker_sandbox: WorkerSandbox) -> Sandbox:
+    """The worker's sandbox in its seed state (VirtualService at 80/20, both Deployments at 2
+    replicas, no HPA): see ``tests/sandboxes.py``."""
+    return worker_sandbox.get()
 
 
 def _ctl(sb: Sandbox, clock: Callable[[], float] = time.time) -> Controller:
@@ -226,14 +217,11 @@ def test_the_daemon_carries_out_the_clean_up_of_a_finished_rollout(sb: Sandbox) 
     assert _replicas(sb, "rest-apl-v2") == 0
 
 
-def test_request_count_is_none_without_series_and_counts_requests_otherwise(
-    sandbox: Sandbox,
-) -> None:
+def test_request_count_is_none_without_series_and_counts_requests_otherwise(sb: Sandbox) -> None:
     """The idle check's query against the real Prometheus: a workload Prometheus has no series
     for is None (no data, never "no requests"); v1, receiving traffic, counts requests."""
-    provider = PrometheusProvider(_policy(sandbox).spec.prometheus)
+    provider = PrometheusProvider(_policy(sb).spec.prometheus)
     assert provider.request_count(namespace=NS, workload="rest-apl-v9", window_seconds=5) is None
-    sandbox.emulator.apply(load_manifests())  # 80/20 again: v1 receives requests
     count = eventually(
         lambda: provider.request_count(namespace=NS, workload="rest-apl-v1", window_seconds=5),
         timeout=30,
